@@ -1,0 +1,53 @@
+"""bigspec: exact and estimated log-determinants and spectra of matrices too large for memory.
+
+Examples
+--------
+>>> import numpy as np, bigspec
+>>> bigspec.slogdet(np.array([[2.0, 1.0], [1.0, 2.0]]))
+(1, 1.0986122886681098)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from . import config  # noqa: F401  (registers the defaults in dask.config)
+from .errors import (
+    BackendUnavailableError,
+    BigspecError,
+    IncompleteStoreError,
+    InvalidMatrixError,
+    MemoryBudgetError,
+    NotPositiveDefiniteError,
+    SingularMatrixWarning,
+    StoreExistsError,
+    StoreNotFoundError,
+    TileSizeError,
+)
+
+from .logdet import logdet, slogdet  # light: the heavy modules load on first call
+
+__version__ = "0.1.0"
+
+_lazy = {
+    "from_array": "bigspec.store",
+    "open_matrix": "bigspec.store",
+    "MatrixStore": "bigspec.store",
+    "connect": "bigspec.cluster",
+    "LogdetResult": "bigspec.results",
+}
+
+__all__ = sorted([*_lazy, "logdet", "slogdet", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
+                  "InvalidMatrixError", "MemoryBudgetError", "NotPositiveDefiniteError",
+                  "SingularMatrixWarning", "StoreExistsError", "StoreNotFoundError", "TileSizeError",
+                  "__version__"])
+
+
+def __getattr__(name):
+    if name in _lazy:
+        return getattr(import_module(_lazy[name]), name)
+    raise AttributeError(f"module 'bigspec' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,81 @@
+"""Log-determinants: exact (tiled LDL^T / Cholesky); estimators come in later modules."""
+
+from __future__ import annotations
+
+EXACT_METHODS = ("ldl", "cholesky")
+
+
+def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None,
+           checkpoint=None, overwrite=False, device="cpu", progress=None, dry_run=False,
+           storage_options=None):
+    """Log-determinant of ``scale * A + diag(shift)`` for a symmetric matrix too big for memory.
+
+    Parameters
+    ----------
+    A : MatrixStore, str, os.PathLike, zarr.Group, or numpy / dask / zarr array
+        The matrix: a store (path or fsspec URL) written by :func:`bigspec.from_array` or
+        :func:`bigspec.form`, or an array.
+    method : {"ldl", "cholesky"}
+        ``"ldl"`` (default): LDL^T with Bunch-Kaufman pivoting inside each diagonal tile, for
+        symmetric, possibly indefinite or semidefinite matrices. ``"cholesky"``: SPD only, fastest.
+    memory : "auto" or size like "4GiB"
+        Budget of the factorization's working set across all workers. It fixes the
+        super-panel width; when the matrix fits, the whole factorization runs in memory.
+    tile_size : int, optional
+        Tile edge for array inputs; for a store it must match the store's tiles.
+    shift, scale : float or (n,) array, float
+        Factor ``scale * A + diag(shift)`` without rewriting the store (a ridge or jitter).
+    client : distributed.Client, optional
+        Default: the current client, else Dask's threaded scheduler.
+    checkpoint : bool, optional
+        Keep the factor in ``<store>/factor`` so a killed run resumes. Default: on when the
+        matrix does not fit in the budget.
+    overwrite : bool
+        Replace an existing factorization in the store made with other settings.
+    device : {"cpu", "gpu"}
+        ``"gpu"`` runs the same graph on cupy tiles.
+    dry_run : bool
+        Return the :class:`~bigspec.logdet.plan.Plan` (tasks, flops, bytes, peak memory)
+        without computing.
+
+    Returns
+    -------
+    LogdetResult
+        ``sign``, ``logabsdet``, timings and I/O, and ``prefix_logdet`` (log|det A[:m, :m]|).
+
+    Examples
+    --------
+    >>> import numpy as np, bigspec
+    >>> A = np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]])
+    >>> r = bigspec.logdet(A, tile_size=2)
+    >>> bool(np.isclose(r.logabsdet, np.linalg.slogdet(A)[1]))
+    True
+    >>> bool(np.isclose(bigspec.logdet(A, shift=1.0).logabsdet, np.linalg.slogdet(A + np.eye(3))[1]))
+    True
+    """
+    method = method or None
+    if method is not None and method not in EXACT_METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; choose one of: {', '.join(EXACT_METHODS)}"
+        )
+    from .exact import exact_logdet
+
+    return exact_logdet(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
+                        client=client, checkpoint=checkpoint, overwrite=overwrite, device=device,
+                        progress=progress, dry_run=dry_run, storage_options=storage_options)
+
+
+def slogdet(A, **kwargs) -> tuple[int, float]:
+    """``(sign, logabsdet)`` like :func:`numpy.linalg.slogdet`; options as :func:`logdet`.
+
+    Examples
+    --------
+    >>> import numpy as np, bigspec
+    >>> bigspec.slogdet(np.diag([-2.0, 3.0]))
+    (-1, 1.791759469228055)
+    """
+    r = logdet(A, **kwargs)
+    return r.sign, r.logabsdet
+
+
+__all__ = ["logdet", "slogdet"]

@@ -1,0 +1,198 @@
+"""Plan the out-of-core factorization: super-panel width, row chunks, and its cost.
+
+The memory budget fixes the super-panel width W (a multiple of the tile size): the panel
+(tiles at or below its diagonal) plus each thread's streaming workspace must fit
+(science.md 1.3). W = n when the matrix fits.
+
+Examples
+--------
+>>> from bigspec.logdet.plan import make_plan
+>>> p = make_plan(n=10_000, tile_size=1000, itemsize=8, method="cholesky",
+...               budget=300e6, threads=2)
+>>> p.panel_tiles, p.n_panels
+(2, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dask.utils import format_bytes
+
+from ..errors import MemoryBudgetError
+
+
+def _tile_sizes(n: int, b: int) -> list[int]:
+    nt = -(-n // b)
+    return [min(b, n - i * b) for i in range(nt)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the factorization will do and cost; ``dry_run`` prints it."""
+
+    n: int
+    tile_size: int
+    itemsize: int
+    method: str
+    budget: int
+    threads: int
+    workers: int
+    panel_tiles: int
+    start_column: int = 0               # tile columns already factored (resume)
+    panels: tuple = field(default=())   # (first tile col, stop tile col) per panel to run
+    write_factor: bool = True
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.n // self.tile_size)
+
+    @property
+    def n_panels(self) -> int:
+        return len(self.panels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.panel_tiles >= self.n_tiles
+
+    def row_chunks(self, k0: int, k1: int) -> int:
+        """Row blocks of a panel's left-looking update (parallelism vs re-reading the top)."""
+        return _chunks(self.n_tiles, k0, k1, self.threads)
+
+    def panel_memory(self, k0: int, k1: int) -> int:
+        return _panel_memory(self.n, self.tile_size, self.itemsize, self.threads, k0, k1,
+                             self.row_chunks(k0, k1))
+
+    def panel_tasks(self, k0: int, k1: int) -> int:
+        nt = self.n_tiles
+        tasks = 0
+        for k in range(k0, k1):
+            tasks += 2 + 2 * (nt - k - 1)          # factor, info, solve, and write or amax
+            for j in range(k + 1, k1):
+                tasks += (nt - j) + 1              # updates of column j, one D-scaled tile
+        if k0 > 0:
+            tasks += self.row_chunks(k0, k1) + sum(nt - k for k in range(k0, k1))  # updates, getitems
+        else:
+            tasks += sum(nt - k for k in range(k0, k1))                            # reads
+        return tasks
+
+    def summary(self) -> dict:
+        """Tasks, flops, bytes moved and peak memory, for ``--dry-run``."""
+        b, n, nt, s = self.tile_size, self.n, self.n_tiles, self.itemsize
+        sizes = _tile_sizes(n, b)
+        starts = [sum(sizes[:i]) for i in range(nt)]
+        flops = 0.0
+        read_A = read_L = written = 0
+        for k0, k1 in self.panels:
+            c, W = starts[k0], sum(sizes[k0:k1])
+            rows = n - c
+            flops += 2.0 * rows * W * c                                   # left-looking GEMMs
+            flops += rows * W * W - 2.0 * W ** 3 / 3                      # in-panel factorization
+            read_A += (rows * W - W * (W - b) // 2) * s
+            if c:
+                chunks = self.row_chunks(k0, k1)
+                read_L += (rows * c + (chunks - 1) * W * c) * s
+            if self.write_factor:
+                written += (rows * W - W * (W - b) // 2) * s
+        peak = max((self.panel_memory(k0, k1) for k0, k1 in self.panels), default=0)
+        return {
+            "n": n, "tile_size": b, "method": self.method, "tiles": nt,
+            "super_panels": self.n_panels, "panel_width": min(self.panel_tiles * b, n),
+            "resume_from_column": self.start_column,
+            "tasks": sum(self.panel_tasks(*p) for p in self.panels),
+            "flops": flops, "bytes_read": read_A + read_L, "bytes_read_matrix": read_A,
+            "bytes_read_factor": read_L, "bytes_written": written,
+            "budget": self.budget, "peak_memory": peak,
+            "peak_memory_per_worker": peak // max(self.workers, 1),
+            "workers": self.workers, "threads": self.threads,
+        }
+
+    def describe(self) -> str:
+        s = self.summary()
+        return "\n".join([
+            f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}",
+            f"  super-panels: {s['super_panels']} of width {s['panel_width']}"
+            + (f" (resuming at tile column {s['resume_from_column']})" if s["resume_from_column"] else ""),
+            f"  tasks: {s['tasks']}",
+            f"  flops: {s['flops']:.3e}",
+            f"  bytes read: {format_bytes(s['bytes_read'])} (matrix {format_bytes(s['bytes_read_matrix'])}, "
+            f"factor {format_bytes(s['bytes_read_factor'])}); written: {format_bytes(s['bytes_written'])}",
+            f"  peak memory: {format_bytes(s['peak_memory'])} in all, "
+            f"{format_bytes(s['peak_memory_per_worker'])} per worker ({s['workers']} workers, "
+            f"{s['threads']} threads); budget {format_bytes(s['budget'])}",
+        ])
+
+
+def _panel_memory(n, b, itemsize, threads, k0, k1, chunks) -> int:
+    sizes = _tile_sizes(n, b)
+    nt = len(sizes)
+    W = sum(sizes[k0:k1])
+    panel = sum(sizes[i] * sizes[k] for k in range(k0, k1) for i in range(k, nt))
+    rows = sum(sizes[k0:])
+    work = b * b * 3                                   # a tile kernel's temporaries
+    if k0 > 0:
+        h = -(-rows // chunks)
+        work = max(work, (h + 2 * W) * b)              # streamed L rows, top block, D-scaled top
+    ld_tiles = W * b                                   # D-scaled tiles of one column
+    return int((panel + threads * work + ld_tiles) * itemsize)
+
+
+def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
+              workers: int = 1, start_column: int = 0, write_factor: bool = True,
+              max_tasks: int = 100_000) -> Plan:
+    """Choose the widest super-panel that fits ``budget`` bytes (and ``max_tasks`` per graph)."""
+    b = tile_size
+    nt = -(-n // b)
+    budget = int(budget)
+    threads = max(int(threads), 1)
+
+    def fits(w):
+        return all(_panel_memory(n, b, itemsize, threads, k0, min(k0 + w, nt),
+                                 _chunks(nt, k0, min(k0 + w, nt), threads)) <= budget
+                   for k0 in _starts(start_column, nt, w)[:2])
+
+    w = nt
+    if not fits(w):
+        lo, hi = 1, nt
+        if not fits(1):
+            need = _panel_memory(n, b, itemsize, threads, min(1, nt - 1), min(2, nt),
+                                 _chunks(nt, min(1, nt - 1), min(2, nt), threads))
+            need = max(need, _panel_memory(n, b, itemsize, threads, 0, 1, 1))
+            raise MemoryBudgetError(
+                f"memory budget {format_bytes(budget)} is too small for even one tile column of "
+                f"this {n} x {n} matrix with tile_size={b} on {threads} threads: the minimum is "
+                f"{format_bytes(need)}; raise memory= (CLI --memory), use a smaller tile_size, "
+                f"or fewer threads",
+                budget=budget, minimum=need,
+            )
+        while lo < hi:                                  # largest w that fits
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        w = lo
+    plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor)
+    while w > 1 and max((plan.panel_tasks(k0, min(k0 + w, nt))
+                         for k0 in _starts(start_column, nt, w)[:1]), default=0) > max_tasks:
+        w = max(1, int(w * 0.8))
+        plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor)
+    panels = tuple((k0, min(k0 + w, nt)) for k0 in _starts(start_column, nt, w))
+    return Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, panels, write_factor)
+
+
+def _starts(start, nt, w):
+    return list(range(start, nt, max(w, 1)))
+
+
+def _chunks(nt, k0, k1, threads):
+    rows = nt - k0
+    w = k1 - k0
+    return max(1, min(rows, max(threads, min(2 * threads, rows // max(w, 1)))))
+
+
+def flops(n: int) -> float:
+    """Flops of a dense Cholesky of order n (n^3 / 3), the reference for GFLOP/s."""
+    return n ** 3 / 3.0
+
+

@@ -1,0 +1,107 @@
+"""One progress bar for bigspec's graphs, with the threaded scheduler or a distributed client.
+
+The bar counts finished tasks against a total known before the first graph runs, so a
+computation submitted in several graphs (super-panels) shows a single bar.
+
+Examples
+--------
+>>> from bigspec.progress import Progress
+>>> with Progress(total=2, enabled=False) as bar:
+...     bar.advance(2)
+>>> bar.done
+2
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from . import config
+
+
+def want_progress(progress: bool | None) -> bool:
+    """``progress=None`` means: on when stderr is a terminal and the config allows it."""
+    if progress is None:
+        return bool(config.get("progress", True)) and sys.stderr.isatty()
+    return bool(progress)
+
+
+class Progress:
+    """A thread-safe text progress bar on stderr."""
+
+    def __init__(self, total: int, label: str = "bigspec", enabled: bool = True, width: int = 30):
+        self.total = max(int(total), 1)
+        self.label = label
+        self.enabled = enabled
+        self.width = width
+        self.done = 0
+        self._lock = threading.Lock()
+        self._start = time.perf_counter()
+        self._last = 0.0
+
+    def __enter__(self):
+        self._draw(force=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._draw(force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def advance(self, k: int = 1) -> None:
+        with self._lock:
+            self.done += k
+            self._draw()
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and now - self._last < 0.2:
+            return
+        self._last = now
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width)
+        sys.stderr.write(
+            f"\r{self.label}: [{bar:<{self.width}}] {100 * frac:5.1f}% "
+            f"{self.done}/{self.total} tasks {now - self._start:6.1f}s"
+        )
+        sys.stderr.flush()
+
+
+def run_graph(dsk: dict, keys: list, client=None, threads: int = 1, bar: Progress | None = None):
+    """Compute ``keys`` of the task graph ``dsk``; return their values in order.
+
+    With a distributed ``client`` the graph is submitted to the cluster; otherwise it runs
+    on Dask's threaded scheduler with BLAS limited to one thread per task.
+    """
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.get(dsk, keys, sync=False)
+        if bar is not None:
+            for _ in as_completed(futures):
+                bar.advance(1)
+        return client.gather(futures)
+    import dask.threaded
+    from dask.callbacks import Callback
+    from threadpoolctl import threadpool_limits
+
+    callbacks = []
+    if bar is not None:
+        keyset = set(keys)
+
+        class _Tick(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if key in keyset:
+                    bar.advance(1)
+
+        callbacks.append(_Tick())
+    with threadpool_limits(1, user_api="blas"):
+        if callbacks:
+            with callbacks[0]:
+                return dask.threaded.get(dsk, keys, num_workers=threads)
+        return dask.threaded.get(dsk, keys, num_workers=threads)
