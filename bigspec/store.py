@@ -389,6 +389,7 @@ def from_array(
     group.create_array(
         "matrix", shape=(n, n), chunks=(tile_size, tile_size), dtype=dtype,
         fill_value=np.nan, dimension_names=("row", "col"), overwrite=True,
+        compressors=_compressors(),
     )
     meta = {
         "schema": SCHEMA_VERSION, "n": n, "tile_size": tile_size, "dtype": dtype.name,
@@ -416,6 +417,16 @@ def _check_finite(tile: np.ndarray, i: int, j: int) -> None:
             f"for unwritten tiles, so clean the input (e.g. np.nan_to_num) before storing it",
             tile=(i, j),
         )
+
+
+def _compressors():
+    """Compressors of the matrix tiles from ``bigspec.compression`` (None: raw, fastest reads)."""
+    name = config.get("compression", None)
+    if not name:
+        return None
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    return {"zstd": ZstdCodec(level=3), "blosc": BloscCodec(cname="zstd", clevel=3)}[name]
 
 
 def _prepare_tile(tile: np.ndarray, diagonal: bool, dtype, index=(0, 0)) -> np.ndarray:

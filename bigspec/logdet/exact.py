@@ -331,8 +331,9 @@ class _Factor:
             for name in list(group.keys()):
                 del group[name]
             meta = dict(want, columns_done=0, complete=False)
+            # L is read back O(n / W) times: no compression, whose cost would dominate the reads
             group.create_array("L", shape=(n, n), chunks=(b, b), dtype=dtype, fill_value=np.nan,
-                               dimension_names=("row", "col"), overwrite=True)
+                               dimension_names=("row", "col"), overwrite=True, compressors=None)
             group.create_array("log_d", shape=(n,), chunks=(b,), dtype="float64", fill_value=np.nan,
                                overwrite=True)
             group.create_array("sign_d", shape=(n,), chunks=(b,), dtype="int8", fill_value=0, overwrite=True)

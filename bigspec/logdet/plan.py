@@ -61,7 +61,7 @@ class Plan:
 
     def panel_memory(self, k0: int, k1: int) -> int:
         return _panel_memory(self.n, self.tile_size, self.itemsize, self.threads, k0, k1,
-                             self.row_chunks(k0, k1))
+                             self.row_chunks(k0, k1), self.method == "ldl")
 
     def panel_tasks(self, k0: int, k1: int) -> int:
         nt = self.n_tiles
@@ -123,7 +123,7 @@ class Plan:
         ])
 
 
-def _panel_memory(n, b, itemsize, threads, k0, k1, chunks) -> int:
+def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True) -> int:
     sizes = _tile_sizes(n, b)
     nt = len(sizes)
     W = sum(sizes[k0:k1])
@@ -132,9 +132,14 @@ def _panel_memory(n, b, itemsize, threads, k0, k1, chunks) -> int:
     work = b * b * 3                                   # a tile kernel's temporaries
     if k0 > 0:
         h = -(-rows // chunks)
-        work = max(work, (h + 2 * W) * b)              # streamed L rows, top block, D-scaled top
-    ld_tiles = W * b                                   # D-scaled tiles of one column
+        work = max(work, _workspace(h, W, b, ldl))
+    ld_tiles = W * b if ldl else 0                     # D-scaled tiles of one column
     return int((panel + threads * work + ld_tiles) * itemsize)
+
+
+def _workspace(h: int, W: int, b: int, ldl: bool) -> int:
+    """Entries one update task streams: L rows of its block, the top block, its D-scaled copy."""
+    return (h + (2 if ldl else 1) * W) * b
 
 
 def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
@@ -145,10 +150,11 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
     nt = -(-n // b)
     budget = int(budget)
     threads = max(int(threads), 1)
+    ldl = method == "ldl"
 
     def fits(w):
         return all(_panel_memory(n, b, itemsize, threads, k0, min(k0 + w, nt),
-                                 _chunks(nt, k0, min(k0 + w, nt), threads)) <= budget
+                                 _chunks(nt, k0, min(k0 + w, nt), threads), ldl) <= budget
                    for k0 in _starts(start_column, nt, w)[:2])
 
     w = nt
@@ -156,8 +162,8 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
         lo, hi = 1, nt
         if not fits(1):
             need = _panel_memory(n, b, itemsize, threads, min(1, nt - 1), min(2, nt),
-                                 _chunks(nt, min(1, nt - 1), min(2, nt), threads))
-            need = max(need, _panel_memory(n, b, itemsize, threads, 0, 1, 1))
+                                 _chunks(nt, min(1, nt - 1), min(2, nt), threads), ldl)
+            need = max(need, _panel_memory(n, b, itemsize, threads, 0, 1, 1, ldl))
             raise MemoryBudgetError(
                 f"memory budget {format_bytes(budget)} is too small for even one tile column of "
                 f"this {n} x {n} matrix with tile_size={b} on {threads} threads: the minimum is "
