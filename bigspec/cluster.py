@@ -75,6 +75,9 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
     """
     from distributed import Client, LocalCluster
 
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
     try:
         if scheduler or scheduler_file:
             with Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s") as client:
