@@ -393,6 +393,12 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
             raise ValueError("checkpoint=True needs a matrix store; write one with bigspec.from_array(A, path)")
         use_store = ms is not None and (checkpoint or (checkpoint is None and not probe.in_memory))
         factor = None
+        if use_store and dry_run:
+            meta = dict(ms.group["factor"].attrs.get("bigspec_factor", {})) if "factor" in ms.group else {}
+            same = meta.get("params") == digest and meta.get("method") == method
+            start = int(meta.get("columns_done", 0)) if same and not overwrite else 0
+            return make_plan(n, b, dtype.itemsize, method, budget, threads, workers, start_column=start,
+                             max_tasks=config.get("max-graph-tasks", 100_000))
         if use_store:
             fgroup = ms.group.require_group("factor")
             factor = _Factor(fgroup, n, b, dtype, method, digest, overwrite)
@@ -456,8 +462,10 @@ def _run(plan, source, factor, scale, shift, dtype, device, client, threads, wri
             except tiles.ZeroPivot as zp:
                 singular_at = zp.row
                 warnings.warn(
-                    f"the matrix is singular: an exact zero pivot at row {zp.row} (tile {zp.tile}); "
-                    f"log|det| = -inf", SingularMatrixWarning, stacklevel=3)
+                    f"log|det| = -inf: an exact zero pivot at row {zp.row} (tile {zp.tile}). The matrix "
+                    f"is singular, or a leading diagonal block of it is (pivoting stays inside each "
+                    f"tile and cannot step over that); a random symmetric permutation of a "
+                    f"nonsingular matrix avoids the latter", SingularMatrixWarning, stacklevel=3)
                 break
             computed += 1
             info_values = values[: len(infos)]

@@ -1,0 +1,227 @@
+"""Exact logdet against numpy/scipy oracles: sizes, ragged tiles, dtypes, budgets, prefixes."""
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import bigspec
+from bigspec.errors import (InvalidMatrixError, MemoryBudgetError, NonFiniteError, NotPositiveDefiniteError,
+                            SingularMatrixWarning, StoreExistsError, TileSizeError)
+from bigspec.logdet.plan import make_plan
+from bigspec.testing import assert_logdet_close, make_indefinite, make_spd
+
+
+def budget_for(n, b, panels, itemsize=8, method="ldl"):
+    """The largest memory budget (bytes) that still needs at least ``panels`` super-panels."""
+    threads = os.cpu_count() or 1
+
+    def count(budget):
+        try:
+            return make_plan(n, b, itemsize, method, budget, threads).n_panels
+        except MemoryBudgetError:
+            return 10**9
+    lo, hi = 1, n * n * itemsize
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(mid) >= panels:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+CASES = [(1, 1), (2, 1), (17, 5), (17, 17), (70, 16), (70, 7), (257, 64), (257, 50), (1000, 125), (1000, 96)]
+
+
+@pytest.mark.parametrize("n,b", CASES)
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+def test_in_memory_matches_numpy(n, b, kind):
+    A = make_spd(n, seed=n) if kind == "spd" else make_indefinite(n, seed=n)
+    for method in (["ldl", "cholesky"] if kind == "spd" else ["ldl"]):
+        r = bigspec.logdet(A, tile_size=b, method=method)
+        assert r.super_panels == 1
+        assert_logdet_close(r, A, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n,b", [(70, 7), (257, 16), (1000, 96)])
+@pytest.mark.parametrize("panels", [2, 4, 7])
+@pytest.mark.parametrize("method", ["ldl", "cholesky"])
+def test_out_of_core_budgets(n, b, panels, method, tmp_path):
+    A = make_spd(n, seed=3) if method == "cholesky" else make_indefinite(n, seed=3)
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=b)
+    budget = budget_for(n, b, panels, method=method)
+    assert budget < A.nbytes  # the budget is smaller than the matrix
+    r = bigspec.logdet(ms, method=method, memory=budget)
+    assert r.super_panels >= panels
+    assert r.peak_memory_estimate <= budget
+    assert_logdet_close(r, A, rtol=1e-10)
+    # the factor checkpoint is complete and a rerun returns the cached answer
+    again = bigspec.logdet(ms, method=method, memory=budget)
+    assert again.cached and again.panels_computed == 0
+    assert (again.sign, again.logabsdet) == (r.sign, r.logabsdet)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-4), (np.float64, 1e-11)])
+@pytest.mark.parametrize("method", ["ldl", "cholesky"])
+def test_dtypes(dtype, rtol, method, tmp_path):
+    A = make_spd(200, seed=5, cond=1e2).astype(dtype)
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=48)
+    assert ms.dtype == dtype
+    r = bigspec.logdet(ms, method=method, memory=budget_for(200, 48, 3, A.itemsize, method))
+    assert r.super_panels >= 3
+    assert_logdet_close(r, A.astype(np.float64), rtol=rtol)
+
+
+@pytest.mark.parametrize("method", ["ldl", "cholesky"])
+@pytest.mark.parametrize("panels", [1, 3])
+def test_prefix_logdets_are_leading_minors(method, panels, tmp_path):
+    n, b = 120, 16
+    A = make_spd(n, seed=7) if method == "cholesky" else make_indefinite(n, seed=7)
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=b)
+    r = bigspec.logdet(ms, method=method, memory=budget_for(n, b, panels, method=method) if panels > 1 else None)
+    prefix, signs = r.prefix_logdet, r.prefix_sign
+    assert prefix.shape == (n,)
+    ms_ = range(1, n + 1) if method == "cholesky" else range(b, n + 1, b)  # LDL: exact at tile edges
+    for m in ms_:
+        s, ref = np.linalg.slogdet(A[:m, :m])
+        assert signs[m - 1] == s
+        assert abs(prefix[m - 1] - ref) <= 1e-9 * max(1.0, abs(ref)), m
+    if method == "ldl":  # inside a tile: minors of the tile-locally pivoted matrix, still finite
+        assert np.isfinite(prefix).all()
+
+
+def test_shift_and_scale_scalar_and_vector():
+    A = make_indefinite(90, seed=8)
+    shift = np.linspace(5, 12, 90)
+    for method, s_, sh in [("ldl", 2.5, 0.0), ("ldl", 1.0, 3.0), ("cholesky", 0.5, shift), ("ldl", -1.0, shift)]:
+        r = bigspec.logdet(A, tile_size=32, method=method, scale=s_, shift=sh)
+        assert_logdet_close(r, s_ * A + np.diag(np.broadcast_to(sh, (90,))), rtol=1e-10)
+    with pytest.raises(ValueError, match="length n=90"):
+        bigspec.logdet(A, shift=np.ones(5))
+
+
+def test_shift_out_of_core_keeps_store_and_factor_per_setting(tmp_path):
+    A = make_spd(100, seed=9)
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=20)
+    budget = budget_for(100, 20, 3, method="cholesky")
+    r1 = bigspec.logdet(ms, method="cholesky", memory=budget, shift=0.5)
+    assert_logdet_close(r1, A + 0.5 * np.eye(100))
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
+        bigspec.logdet(ms, method="cholesky", memory=budget, shift=1.0)
+    r2 = bigspec.logdet(ms, method="cholesky", memory=budget, shift=1.0, overwrite=True)
+    assert_logdet_close(r2, A + np.eye(100))
+    r3 = bigspec.logdet(ms, method="cholesky", memory=budget, shift=2.0, checkpoint=False)
+    assert_logdet_close(r3, A + 2 * np.eye(100))
+    np.testing.assert_array_equal(ms.to_dask().compute(), A)  # the matrix is never rewritten
+
+
+def test_not_positive_definite_names_tile_and_pivot():
+    A = make_spd(60, seed=10)
+    A[37, 37] = -5.0
+    with pytest.raises(NotPositiveDefiniteError, match=r"row 37 \(tile \(2, 2\).*method='ldl'") as e:
+        bigspec.logdet(A, tile_size=16, method="cholesky")
+    assert e.value.tile == (2, 2) and e.value.pivot == 37
+    assert_logdet_close(bigspec.logdet(A, tile_size=16, method="ldl"), A)
+
+
+def test_not_positive_definite_out_of_core(tmp_path):
+    A = make_spd(80, seed=11)
+    A[70, 70] = -1.0
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=10)
+    with pytest.raises(NotPositiveDefiniteError, match=r"tile \(7, 7\)"):
+        bigspec.logdet(ms, method="cholesky", memory=budget_for(80, 10, 4, method="cholesky"))
+
+
+def test_singular_matrix_gives_minus_inf_with_warning():
+    A = make_indefinite(40, seed=12)
+    A[:, 25] = 0.0
+    A[25, :] = 0.0
+    with pytest.warns(SingularMatrixWarning, match="zero pivot at row 25"):
+        r = bigspec.logdet(A, tile_size=8)
+    assert r.sign == 0 and r.logabsdet == -math.inf and r.singular_at == 25
+    assert np.linalg.slogdet(A)[1] == -math.inf
+
+
+def test_two_by_two_pivots_and_growth():
+    # a zero diagonal forces Bunch-Kaufman 2x2 pivots in every tile
+    A = make_indefinite(100, seed=13)
+    A[np.diag_indices(100)] = 0.0
+    D = bigspec.logdet(A, tile_size=25, checkpoint=False)
+    assert_logdet_close(D, A, rtol=1e-9)
+    assert D.max_abs_L < 1e4
+
+
+def test_structurally_singular_leading_tile_is_reported():
+    # [[0, B], [B^T, 0]] is nonsingular, but a leading tile of its random permutation is
+    # singular: tile-local pivoting cannot step over it (science.md 1.2), and says so
+    rng = np.random.default_rng(13)
+    B = rng.standard_normal((50, 50))
+    A = np.block([[np.zeros((50, 50)), B], [B.T, np.zeros((50, 50))]])
+    p = rng.permutation(100)
+    with pytest.warns(SingularMatrixWarning, match="leading diagonal block"):
+        r = bigspec.logdet(A[p][:, p], tile_size=25)
+    assert r.logabsdet == -math.inf
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(InvalidMatrixError, match="square"):
+        bigspec.logdet(np.ones((3, 2)))
+    with pytest.raises(InvalidMatrixError, match="unsupported dtype"):
+        bigspec.logdet(np.eye(3, dtype=np.complex64))
+    with pytest.raises(ValueError, match="method must be one of|unknown method"):
+        bigspec.logdet(np.eye(3), method="lu")
+    A = np.eye(4)
+    A[1, 1] = np.inf
+    with pytest.raises(NonFiniteError):
+        bigspec.logdet(A)
+    ms = bigspec.from_array(make_spd(30), str(tmp_path / "A.zarr"), tile_size=10)
+    with pytest.raises(TileSizeError, match=r"tile_size=8 does not match the store's tiles \(10\)"):
+        bigspec.logdet(ms, tile_size=8)
+    with pytest.raises(MemoryBudgetError, match="minimum is") as e:
+        bigspec.logdet(ms, memory="1kB")
+    assert e.value.minimum > 1000
+    with pytest.raises(ValueError, match="is not a size"):
+        bigspec.logdet(ms, memory="lots")
+    with pytest.raises(bigspec.StoreNotFoundError):
+        bigspec.logdet(str(tmp_path / "missing.zarr"))
+    ns = bigspec.from_array(np.arange(9.0).reshape(3, 3), str(tmp_path / "ns.zarr"), symmetric=False)
+    with pytest.raises(InvalidMatrixError, match="non-symmetric"):
+        bigspec.logdet(ns)
+
+
+def test_dry_run_reports_plan(tmp_path):
+    ms = bigspec.from_array(make_spd(200), str(tmp_path / "A.zarr"), tile_size=25)
+    plan = bigspec.logdet(ms, memory=budget_for(200, 25, 4), dry_run=True)
+    s = plan.summary()
+    assert s["super_panels"] >= 4 and s["tasks"] > 0 and s["peak_memory"] <= plan.budget
+    assert s["flops"] == pytest.approx(200 ** 3 / 3, rel=0.3)
+    assert "factor" not in ms.group  # nothing computed or written
+    assert "peak memory" in plan.describe()
+
+
+def test_result_object_renders():
+    r = bigspec.logdet(make_spd(20), tile_size=8)
+    d = r.to_dict()
+    import json
+    json.dumps(d)
+    assert d["n"] == 20 and d["method"] == "ldl" and "log_d" not in d
+    assert "LogdetResult(sign=1" in repr(r) and "<table>" in r._repr_html_()
+    assert bigspec.slogdet(make_spd(20), tile_size=8) == (r.sign, r.logabsdet)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 60), b=st.integers(1, 24), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.float32, np.float64]), spd=st.booleans())
+def test_hypothesis_against_numpy(n, b, seed, dtype, spd):
+    A = (make_spd(n, seed=seed, cond=10.0) if spd else make_indefinite(n, seed=seed)).astype(dtype)
+    r = bigspec.logdet(A, tile_size=b, method="cholesky" if spd else "ldl")
+    ref_sign, ref = np.linalg.slogdet(A.astype(np.float64))
+    if dtype == np.float64 or spd:
+        assert r.sign == ref_sign
+    # float32 tiles: error grows with the conditioning of the leading blocks
+    tol = 1e-9 if dtype == np.float64 else 1e-3 * n
+    assert abs(r.logabsdet - ref) <= tol * max(1.0, abs(ref)) or not np.isfinite(ref)
