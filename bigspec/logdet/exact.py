@@ -360,7 +360,8 @@ class _Factor:
             if info["D"] is not None:
                 self.group["D"][:, r0:r1] = info["D"]
                 self.group["perm"][r0:r1] = info["perm"]
-        self.meta = dict(self.meta, columns_done=k1, complete=complete, stats=stats)
+        self.meta = dict(self.meta, columns_done=k1, complete=complete, stats=stats,
+                         panels_done=int(self.meta.get("panels_done", 0)) + 1)
         self.group.attrs["bigspec_factor"] = self.meta
 
     def load_d(self, stop):
@@ -405,6 +406,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
             if factor.meta.get("complete") and not dry_run:
                 return _cached_result(ms, factor, method, b, budget, device, scale, shift, t_start)
         start = factor.columns_done if factor is not None else 0
+        resumed_panels = int(factor.meta.get("panels_done", 0)) if factor is not None and start else 0
         plan = make_plan(n, b, dtype.itemsize, method, budget, threads, workers, start_column=start,
                          write_factor=factor is not None or not probe.in_memory,
                          max_tasks=config.get("max-graph-tasks", 100_000))
@@ -429,7 +431,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         log_d = np.concatenate([prev_log, log_d])
         sign_d = np.concatenate([prev_sign, sign_d])
     res = _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, budget, scale, shift,
-                       stats, singular_at, ms, device, cached=False)
+                       stats, singular_at, ms, device, cached=False, resumed_panels=resumed_panels)
     if ms is not None:
         _record(ms, res)
     return res
@@ -493,7 +495,7 @@ def _after_panel(k0, k1):
 
 
 def _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, budget, scale, shift,
-                 stats, singular_at, ms, device, cached):
+                 stats, singular_at, ms, device, cached, resumed_panels=0):
     summary = plan.summary() if plan is not None else {}
     if singular_at is not None:
         sign, logabsdet = 0, -math.inf
@@ -508,7 +510,7 @@ def _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, bu
                       stacklevel=4)
     return LogdetResult(
         sign=sign, logabsdet=logabsdet, n=n, tile_size=b, method=method,
-        super_panels=summary.get("super_panels", 0) + (plan.start_column > 0 if plan else 0),
+        super_panels=summary.get("super_panels", 0) + resumed_panels,
         panels_computed=computed, tasks=tasks, seconds=time.perf_counter() - t_start,
         bytes_read=int(summary.get("bytes_read", 0)), bytes_written=int(summary.get("bytes_written", 0)),
         memory_budget=int(budget), peak_memory_estimate=int(summary.get("peak_memory", 0)),
@@ -524,7 +526,8 @@ def _cached_result(ms, factor, method, b, budget, device, scale, shift, t_start)
     log_d, sign_d = factor.load_d(ms.n)
     stats = factor.meta.get("stats", {})
     return _make_result(log_d, sign_d, ms.n, b, method, None, 0, 0, t_start, budget, scale, shift,
-                        stats, None, ms, device, cached=True)
+                        stats, None, ms, device, cached=True,
+                        resumed_panels=int(factor.meta.get("panels_done", 0)))
 
 
 def _record(ms: MatrixStore, res: LogdetResult) -> None:

@@ -1,0 +1,93 @@
+"""A killed factorization resumes from the last finished super-panel without redoing it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import bigspec
+from bigspec.logdet import exact
+from bigspec.logdet.plan import make_plan
+from bigspec.testing import assert_logdet_close, make_spd
+
+
+class Killed(Exception):
+    pass
+
+
+def _budget(n, b, panels):
+    threads = os.cpu_count() or 1
+    for budget in np.linspace(n * n * 8, n * b * 8, 400).astype(int):
+        try:
+            if make_plan(n, b, 8, "cholesky", budget, threads).n_panels >= panels:
+                return int(budget)
+        except bigspec.MemoryBudgetError:
+            break
+    raise AssertionError("no budget gives that many panels")
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_resume_after_interrupt_skips_finished_panels(tmp_path, monkeypatch, stop_after):
+    n, b = 240, 20
+    A = make_spd(n, seed=1)
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=b)
+    budget = _budget(n, b, 6)
+    done = []
+
+    def interrupt(k0, k1):
+        done.append((k0, k1))
+        if len(done) == stop_after:
+            raise Killed
+
+    monkeypatch.setattr(exact, "_after_panel", interrupt)
+    with pytest.raises(Killed):
+        bigspec.logdet(ms, method="cholesky", memory=budget)
+    finished_columns = done[-1][1]
+    assert ms.group["factor"].attrs["bigspec_factor"]["columns_done"] == finished_columns
+
+    written = []
+    real_write = exact.write_L
+
+    def counting_write(L, array, r0, r1, c0, c1, diagonal):
+        written.append(c0 // b)
+        return real_write(L, array, r0, r1, c0, c1, diagonal)
+
+    monkeypatch.setattr(exact, "_after_panel", lambda k0, k1: None)
+    monkeypatch.setattr(exact, "write_L", counting_write)
+    r = bigspec.logdet(ms, method="cholesky", memory=budget)
+    assert_logdet_close(r, A, rtol=1e-11)
+    assert min(written) == finished_columns          # finished tile columns were not recomputed
+    assert r.panels_computed == r.super_panels - stop_after
+    for m in range(b, n + 1, b):                     # prefixes span old and new panels
+        assert abs(r.prefix_logdet[m - 1] - np.linalg.slogdet(A[:m, :m])[1]) < 1e-9
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(tmp_path):
+    n, b = 2400, 120
+    A = make_spd(n, seed=2, cond=1e2)
+    path = str(tmp_path / "A.zarr")
+    bigspec.from_array(A, path, tile_size=b)
+    budget = _budget(n, b, 8)
+    code = (f"import bigspec; bigspec.logdet({path!r}, method='ldl', memory={budget}, checkpoint=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    ms = bigspec.open_matrix(path, mode="r")
+    deadline = time.time() + 120
+    columns = 0
+    while time.time() < deadline and proc.poll() is None:
+        if "factor" in ms.group:
+            columns = dict(ms.group["factor"].attrs).get("bigspec_factor", {}).get("columns_done", 0)
+            if columns > 0:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if columns == 0 or columns == ms.n_tiles:
+        pytest.skip("the job finished before it could be killed mid-way")
+    r = bigspec.logdet(path, method="ldl", memory=budget)
+    assert r.panels_computed < r.super_panels
+    assert_logdet_close(r, A, rtol=1e-10)
