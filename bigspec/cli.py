@@ -72,7 +72,7 @@ def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
         cm.__exit__(None, None, None)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="bigspec", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bigspec")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose):
