@@ -3,8 +3,9 @@
 Examples
 --------
 >>> import numpy as np, bigspec
->>> bigspec.slogdet(np.array([[2.0, 1.0], [1.0, 2.0]]))
-(1, 1.0986122886681098)
+>>> sign, logabsdet = bigspec.slogdet(np.array([[2.0, 1.0], [1.0, 2.0]]))
+>>> sign, round(logabsdet, 12)
+(1, 1.098612288668)
 """
 
 from __future__ import annotations

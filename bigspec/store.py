@@ -365,8 +365,8 @@ def from_array(
     >>> import numpy as np, bigspec
     >>> K = bigspec.from_array(np.ones((3, 3)) + np.eye(3), "memory://doc-fa.zarr", tile_size=2,
     ...                        overwrite=True)
-    >>> K
-    MatrixStore('memory://doc-fa.zarr', n=3, tile_size=2, dtype=float64, symmetric=True)
+    >>> K.n, K.tile_size, K.symmetric
+    (3, 2, True)
     """
     A, kind = _as_matrix(A)
     dtype = check_dtype(A.dtype)

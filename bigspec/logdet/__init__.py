@@ -71,8 +71,9 @@ def slogdet(A, **kwargs) -> tuple[int, float]:
     Examples
     --------
     >>> import numpy as np, bigspec
-    >>> bigspec.slogdet(np.diag([-2.0, 3.0]))
-    (-1, 1.791759469228055)
+    >>> sign, logabsdet = bigspec.slogdet(np.diag([-2.0, 3.0]))
+    >>> sign, round(logabsdet, 12)
+    (-1, 1.791759469228)
     """
     r = logdet(A, **kwargs)
     return r.sign, r.logabsdet

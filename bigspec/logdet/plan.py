@@ -10,7 +10,7 @@ Examples
 >>> p = make_plan(n=10_000, tile_size=1000, itemsize=8, method="cholesky",
 ...               budget=300e6, threads=2)
 >>> p.panel_tiles, p.n_panels
-(2, 5)
+(3, 4)
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Examples
 >>> import numpy as np
 >>> from bigspec.logdet.tiles import factor_diagonal
 >>> f = factor_diagonal(np.array([[4.0, 2.0], [2.0, 3.0]]), "cholesky")
->>> float(f.logabsdet), float(np.log(8.0))
-(2.0794415416798357, 2.0794415416798357)
+>>> bool(np.isclose(f.logabsdet, np.log(8.0)))
+True
 """
 
 from __future__ import annotations
