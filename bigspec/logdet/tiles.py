@@ -141,7 +141,7 @@ def solve_below(T, F: DiagonalFactor):
     xp = namespace_of(T)
     unit = F.perm is not None
     if unit:
-        T = T[:, F.perm]
+        T = T[:, F.perm if xp is np else xp.asarray(F.perm)]
     if xp is np:
         T = _c(T)
         trsm = blas.get_blas_funcs("trsm", (T,))
@@ -169,9 +169,10 @@ def scale_by_D(X, D):
         return X
     xp = namespace_of(X)
     diag, sub, starts = _blocks(D)
-    out = X * xp.asarray(diag)[None, :]
+    out = X * xp.asarray(diag.astype(X.dtype))[None, :]
     if starts.size:
-        c = xp.asarray(sub[starts])[None, :]
+        c = xp.asarray(sub[starts].astype(X.dtype))[None, :]
+        starts = starts if xp is np else xp.asarray(starts)
         out[:, starts] += X[:, starts + 1] * c
         out[:, starts + 1] += X[:, starts] * c
     return out
@@ -183,12 +184,17 @@ def _solve_D(X, D):
     inv = np.where(diag != 0, 1.0 / np.where(diag != 0, diag, 1.0), 0.0)
     single = np.ones(diag.shape, bool)
     single[starts] = single[starts + 1] = False
+    idx = np.flatnonzero(single)
+    if xp is not np:  # pragma: no cover - needs a GPU
+        starts_h = starts
+        starts, idx = xp.asarray(starts), xp.asarray(idx)
+    else:
+        starts_h = starts
     x0 = X[:, starts].copy()
     x1 = X[:, starts + 1].copy()
-    idx = np.flatnonzero(single)
-    X[:, idx] *= xp.asarray(inv[idx].astype(X.dtype))[None, :]
-    if starts.size:
-        a, c, e = diag[starts], sub[starts], diag[starts + 1]
+    X[:, idx] *= xp.asarray(inv[np.flatnonzero(single)].astype(X.dtype))[None, :]
+    if starts_h.size:
+        a, c, e = diag[starts_h], sub[starts_h], diag[starts_h + 1]
         det = a * e - c * c
         # [x0 x1] [[a c] [c e]]^{-1} = [x0 e - x1 c, -x0 c + x1 a] / det
         X[:, starts] = (x0 * xp.asarray(e / det) - x1 * xp.asarray(c / det)).astype(X.dtype)
