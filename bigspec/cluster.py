@@ -80,7 +80,10 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
 
     try:
         if scheduler or scheduler_file:
-            with Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s") as client:
+            import dask.config
+
+            timeout = dask.config.get("distributed.comm.timeouts.connect")
+            with Client(address=scheduler, scheduler_file=scheduler_file, timeout=timeout) as client:
                 logger.info("connected to %s (dashboard %s)", client.scheduler.address, client.dashboard_link)
                 yield client
             return

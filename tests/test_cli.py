@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import dask.config
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -70,8 +71,9 @@ def test_user_errors_exit_1_with_message(tmp_path, capsys):
     assert run_main(["logdet", str(tmp_path / "c.zarr"), "--method", "cholesky", *LOCAL]) == 1
     assert "not positive definite" in capsys.readouterr().err
     assert run_main(["logdet", "--bogus-flag"]) == 2
-    assert run_main(["logdet", str(tmp_path / "c.zarr"), "--scheduler", "tcp://127.0.0.1:1",
-                     "--no-progress"]) == 3
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert run_main(["logdet", str(tmp_path / "c.zarr"), "--scheduler", "tcp://127.0.0.1:1",
+                         "--no-progress"]) == 3
 
 
 @pytest.mark.slow
