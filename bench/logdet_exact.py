@@ -39,7 +39,9 @@ GFLOP/s is n**3/3 / seconds for every row (LDL^T included). Each configuration r
 fresh subprocess (``python bench/logdet_exact.py --one SPEC``) which loads or opens its
 input, warms up BLAS/dask on a tiny problem, records its RSS (``rss0``), resets the kernel's
 RSS high-water mark (``/proc/self/clear_refs``), and runs the computation while also sampling
-RSS every 10 ms. ``peak`` is the absolute peak RSS during the computation; ``ws`` (working
+RSS every 10 ms; ``other`` is the CPU (in cores) that other processes used meanwhile, and
+before each run the parent waits (up to ``--quiet-wait`` s) for the machine to be quiet.
+``peak`` is the absolute peak RSS during the computation; ``ws`` (working
 set) = peak - rss0. Budgeted rows are checked against ``ws <= 1.25 * budget`` (the budget
 is the factorization's working set; Python + numpy + dask + zarr alone take ~150-250 MB,
 shown by ``abs<=1.25B``). Budgeted bigspec and memdet runs never hold the numpy matrix:
@@ -149,6 +151,34 @@ def hwm() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_busy_seconds() -> float:
+    """Machine-wide non-idle CPU seconds since boot (user..steal of /proc/stat)."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.25, probe: float = 1.0) -> tuple[float, float]:
+    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores.
+
+    Returns (seconds waited, cores busy in the last probe).
+    """
+    t0 = time.perf_counter()
+    while True:
+        b0, c0 = cpu_busy_seconds(), own_cpu_seconds()
+        time.sleep(probe)
+        busy = (cpu_busy_seconds() - b0 - (own_cpu_seconds() - c0)) / probe
+        waited = time.perf_counter() - t0
+        if busy < threshold or waited >= max_wait:
+            return waited, busy
+        time.sleep(2.0)
 
 
 class Sampler(threading.Thread):
@@ -315,12 +345,17 @@ def child_main(spec: dict) -> int:
         reset_ok = reset_hwm()
         sampler = Sampler()
         sampler.start()
+        busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
         t0 = time.perf_counter()
         try:
             res = compute()
         finally:
             seconds = time.perf_counter() - t0
+            busy1, own1 = cpu_busy_seconds(), own_cpu_seconds()
             sampler.stop()
+        out["own_cpu_seconds"] = own1 - own0
+        # CPU used by other processes on the machine while this one computed, in cores
+        out["other_cores"] = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(seconds, 1e-9)
         peak = max(sampler.peak, hwm() if reset_ok else 0)
         out.update(res)
         out.update({"status": "ok", "seconds": seconds, "rss0": rss0, "peak_rss": peak,
@@ -435,6 +470,9 @@ class Bench:
         t = time.perf_counter()
         outs = []
         for _ in range(self.args.repeat):
+            waited, busy = wait_for_quiet(self.args.quiet_wait)
+            if busy >= 0.25:
+                self.log(f"  (machine busy: other processes use {busy:.2f} cores after waiting {waited:.0f} s)")
             if spec["kind"] == "bigspec":
                 shutil.rmtree(os.path.join(spec["store"], "factor"), ignore_errors=True)
             outs.append(run_child(spec, self.args.timeout, str(self.work)))
@@ -611,7 +649,7 @@ class Bench:
 
     def table(self) -> str:
         head = ["n", "config", "budget", "sec", "GFLOP/s", "ratio", "peak RSS", "ws", "ws<=1.25B",
-                "abs<=1.25B", "panels", "rel.diff", "status / note"]
+                "abs<=1.25B", "panels", "rel.diff", "other", "status / note"]
         lines = []
         for r in self.rows:
             ok = r.get("status") == "ok"
@@ -632,10 +670,11 @@ class Bench:
                 yn("ws_within_1_25_budget"), yn("abs_within_1_25_budget"),
                 str(r["super_panels"]) if ok and r.get("super_panels") else "-",
                 f"{r['rel_diff']:.1e}" if "rel_diff" in r else "-",
+                f"{r['other_cores']:.2f}" if ok and "other_cores" in r else "-",
                 status + (f" ({note})" if note else ""),
             ])
         widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
-        right = {0, 2, 3, 4, 5, 6, 7, 10, 11}
+        right = {0, 2, 3, 4, 5, 6, 7, 10, 11, 12}
 
         def fmt(cells):
             return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -730,6 +769,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per configuration, each in a fresh subprocess; the best time is reported "
                         "with the largest peak RSS of all runs (default 1)")
+    p.add_argument("--quiet-wait", type=float, default=120.0,
+                   help="before each run, wait up to this many seconds for other processes to use "
+                        "< 0.25 cores (default 120)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -747,6 +789,10 @@ def main(argv=None):
     args.chunk = 1024 if 1024 in args.tiles else args.tiles[0]
     args.ldl_size = args.ldl_size or sizes[0]
 
+    def _terminate(signum, frame):   # kill -TERM: stop the running child, print what was measured
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
@@ -766,6 +812,8 @@ def main(argv=None):
                 "rel.diff = |logdet - reference| / |reference|",
                 "peak RSS = absolute peak during the computation; ws = peak - RSS just before it; "
                 "ws<=1.25B checks ws against 1.25 x the memory budget, abs<=1.25B the absolute peak",
+                "other = CPU cores used by other processes on the machine during the computation "
+                "(from /proc/stat; > 0.1 means the timing was disturbed)",
                 "bigspec and memdet read their input from local Zarr files (in the page cache here); "
                 "the LAPACK rows time the factorization of a matrix already in RAM"]:
             print(f"  - {note}")

@@ -70,7 +70,7 @@ class Progress:
         bar = "#" * int(frac * self.width)
         sys.stderr.write(
             f"\r{self.label}: [{bar:<{self.width}}] {100 * frac:5.1f}% "
-            f"{self.done}/{self.total} tasks {now - self._start:6.1f}s"
+            f"{self.done}/{self.total} tiles {now - self._start:6.1f}s"
         )
         sys.stderr.flush()
 
