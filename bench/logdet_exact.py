@@ -48,7 +48,8 @@ shown by ``abs<=1.25B``). Budgeted bigspec and memdet runs never hold the numpy 
 they read it from disk (the files are usually in the page cache, which is not RSS). The
 LAPACK rows hold the input in RAM before ``rss0``, so their ``ws`` is only the extra memory.
 BLAS threads are left at the library default. Timings are reported, never asserted; they
-vary from run to run on a shared machine (``--repeat N`` reports the best of N runs).
+vary from run to run on a shared machine (``--repeat N`` reports the best of N runs; when
+every run of a configuration was disturbed by other processes, one more is made).
 
 How to run
 ----------
@@ -86,6 +87,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "logdet_exact.json"
+if (HERE.parent / "bigspec" / "__init__.py").exists():
+    # benchmark this checkout's bigspec, whatever is (or is being) pip-installed meanwhile
+    sys.path.insert(0, str(HERE.parent))
 
 LENGTHSCALE = 0.1
 RIDGE = 1e-3
@@ -479,6 +483,15 @@ class Bench:
             if outs[-1].get("status") != "ok":
                 break
         good = [o for o in outs if o.get("status") == "ok"]
+        if good and min(o.get("other_cores", 0.0) for o in good) > 0.1:
+            self.log("  (every run was disturbed by other processes: one more run)")
+            wait_for_quiet(self.args.quiet_wait)
+            if spec["kind"] == "bigspec":
+                shutil.rmtree(os.path.join(spec["store"], "factor"), ignore_errors=True)
+            extra = run_child(spec, self.args.timeout, str(self.work))
+            outs.append(extra)
+            if extra.get("status") == "ok":
+                good.append(extra)
         out = min(good, key=lambda o: o["seconds"]) if good else outs[-1]
         if len(good) > 1:   # best time; the largest peak of all repeats
             out = dict(out, seconds_all=[o["seconds"] for o in good],
@@ -730,6 +743,7 @@ def machine_info() -> dict:
         import bigspec
 
         info["bigspec"] = bigspec.__version__
+        info["bigspec_path"] = str(Path(bigspec.__file__).resolve().parent)
         root = Path(bigspec.__file__).resolve().parent.parent
         info["bigspec_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                                                 capture_output=True, text=True).stdout.strip()

@@ -36,6 +36,8 @@ _lazy = {
     "MatrixStore": "bigspec.store",
     "connect": "bigspec.cluster",
     "LogdetResult": "bigspec.results",
+    "form": "bigspec.form:form",
+    "kernels": "bigspec.kernels:",
 }
 
 __all__ = sorted([*_lazy, "logdet", "slogdet", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
@@ -46,7 +48,12 @@ __all__ = sorted([*_lazy, "logdet", "slogdet", "BackendUnavailableError", "Bigsp
 
 def __getattr__(name):
     if name in _lazy:
-        return getattr(import_module(_lazy[name]), name)
+        module_name, _, attr = _lazy[name].partition(":")
+        module = import_module(module_name)
+        value = getattr(module, attr or name) if ":" not in _lazy[name] or attr else module
+        # importing bigspec.form binds the submodule to this name; the function wins
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'bigspec' has no attribute {name!r}")
 
 

@@ -169,6 +169,74 @@ def logdet(store, method, memory, tile_size, shift, scale, checkpoint, overwrite
                    f"{res.seconds:.2f} s" + (" (cached)" if res.cached else ""), err=True)
 
 
+def _parse_params(pairs, extra):
+    """Kernel parameters from ``--param k=v`` pairs and free ``--name value`` options."""
+    import yaml
+
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.UsageError(f"--param takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        params[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    it = iter(extra)
+    for token in it:
+        if not token.startswith("--"):
+            raise click.UsageError(f"unexpected argument {token!r}")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            value = next(it, None)
+            if value is None:
+                raise click.UsageError(f"option {token} needs a value")
+        params[key.replace("-", "_")] = yaml.safe_load(value)
+    return params
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("kernel")
+@click.argument("data", type=click.Path(exists=True))
+@click.argument("store")
+@click.option("--tile-size", type=int, help="Tile edge in matrix rows (default from config).")
+@click.option("--param", "params", multiple=True, metavar="K=V",
+              help="Kernel parameter, e.g. --param nu=1.5; kernel options like --depth 3 work too.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data permutation.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the data order (leading blocks are then not random samples).")
+@click.option("--resume", is_flag=True, help="Continue forming an unfinished store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@cluster_options
+@click.pass_context
+def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, resume, overwrite, as_json,
+         scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+    """Form the KERNEL matrix of DATA (.npy or Zarr) into STORE, one task per lower tile."""
+    import time
+
+    from .form import form as run_form
+    from .kernels import get_kernel
+    from .store import _exists
+
+    kernel_obj = get_kernel(kernel, **_parse_params(params, ctx.args))  # bad names fail before any cluster
+    if _exists(store, None) and not (resume or overwrite):
+        raise click.UsageError(f"{store} exists: pass --resume to continue forming it or --overwrite to replace it")
+    t0 = time.perf_counter()
+    with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
+        ms = run_form(kernel_obj, data, store, tile_size=tile_size, dtype=dtype, seed=seed,
+                      shuffle=not no_shuffle, client=client, overwrite=overwrite,
+                      device="gpu" if gpu else "cpu", progress=progress)
+    meta = ms.attrs
+    summary = {"store": ms.url, "n": ms.n, "tile_size": ms.tile_size, "kernel": meta["kernel"],
+               "tiles": sum(1 for _ in ms.stored_tiles()), "formed_tiles": meta.get("formed_tiles"),
+               "seconds": time.perf_counter() - t0}
+    if as_json:
+        _emit(summary, True)
+    else:
+        click.echo(f"formed {ms} ({summary['formed_tiles']} of {summary['tiles']} tiles now, "
+                   f"{summary['seconds']:.1f} s)")
+
+
 @cli.command()
 @click.option("--n", "n", type=int, default=4000, show_default=True, help="Matrix order.")
 @click.option("--tile-size", type=int, default=500, show_default=True)

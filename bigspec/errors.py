@@ -79,3 +79,7 @@ class SingularMatrixWarning(UserWarning):
 
 class GrowthWarning(UserWarning):
     """The indefinite factorization shows large element growth; the result may be inaccurate."""
+
+
+class KernelError(BigspecError, ValueError):
+    """Unknown kernel, unknown or invalid kernel parameter, or data the kernel cannot take."""

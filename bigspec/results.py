@@ -65,7 +65,9 @@ class LogdetResult(ResultMixin):
     """Exact log-determinant of ``scale * A + diag(shift)`` and how it was computed.
 
     ``prefix_logdet[m - 1]`` is log|det A[:m, :m]| (exact at every tile boundary; inside a
-    tile, of the tile-locally pivoted matrix for LDL^T).
+    tile, of the tile-locally pivoted matrix for LDL^T). For a store of a Kronecker kernel
+    ``K (x) I_d`` (``kron_outputs = d``), the determinants are those of the full kernel:
+    ``d * logdet K``, and prefixes over the first m samples.
     """
 
     sign: int
@@ -90,6 +92,7 @@ class LogdetResult(ResultMixin):
     store: str | None = None
     device: str = "cpu"
     cached: bool = False
+    kron_outputs: int = 1
     log_d: np.ndarray = field(default=None, repr=False, compare=False)
     sign_d: np.ndarray = field(default=None, repr=False, compare=False)
 
@@ -98,12 +101,14 @@ class LogdetResult(ResultMixin):
     @property
     def prefix_logdet(self) -> np.ndarray:
         """log|det A[:m, :m]| for m = 1..n (float64)."""
-        return np.cumsum(self.log_d)
+        return self.kron_outputs * np.cumsum(self.log_d)
 
     @property
     def prefix_sign(self) -> np.ndarray:
         """sign(det A[:m, :m]) for m = 1..n."""
-        return np.cumprod(self.sign_d.astype(np.int64)) if self.sign_d is not None else None
+        if self.sign_d is None:
+            return None
+        return np.cumprod(self.sign_d.astype(np.int64)) ** self.kron_outputs
 
     def __iter__(self):  # (sign, logabsdet) unpacking, like numpy's slogdet
         return iter((self.sign, self.logabsdet))

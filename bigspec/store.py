@@ -382,23 +382,8 @@ def from_array(
         )
     if symmetric and check_symmetric and kind in ("numpy", "zarr"):
         _check_symmetric(A, tile_size)
-    group = _open_group(store, "w" if not isinstance(store, zarr.Group) else "a", storage_options)
-    if isinstance(store, zarr.Group) and overwrite:
-        for name in list(group.keys()):
-            del group[name]
-    group.create_array(
-        "matrix", shape=(n, n), chunks=(tile_size, tile_size), dtype=dtype,
-        fill_value=np.nan, dimension_names=("row", "col"), overwrite=True,
-        compressors=_compressors(),
-    )
-    meta = {
-        "schema": SCHEMA_VERSION, "n": n, "tile_size": tile_size, "dtype": dtype.name,
-        "symmetric": bool(symmetric), "kernel": None, "permutation": None,
-        "source": kind, "complete": False, "results": {},
-    }
-    meta.update(attrs or {})
-    group.attrs[ATTRS_KEY] = meta
-    ms = MatrixStore(group)
+    group = new_group(store, storage_options)
+    ms = create_matrix(group, n, tile_size, dtype, symmetric, {"source": kind, **(attrs or {})})
     if kind == "dask":
         _write_dask(A, ms)
     else:
@@ -417,6 +402,34 @@ def _check_finite(tile: np.ndarray, i: int, j: int) -> None:
             f"for unwritten tiles, so clean the input (e.g. np.nan_to_num) before storing it",
             tile=(i, j),
         )
+
+
+def new_group(store, storage_options: dict | None = None) -> zarr.Group:
+    """An empty group at ``store`` (a path or URL is recreated; a given group is emptied)."""
+    if isinstance(store, zarr.Group):
+        for name in list(store.keys()):
+            del store[name]
+        return store
+    return _open_group(store, "w", storage_options)
+
+
+def create_matrix(group: zarr.Group, n: int, tile_size: int, dtype, symmetric: bool = True,
+                  attrs: dict | None = None) -> MatrixStore:
+    """Create the NaN-filled ``matrix`` array and the ``bigspec`` attributes in ``group``."""
+    dtype = np.dtype(dtype)
+    group.create_array(
+        "matrix", shape=(n, n), chunks=(tile_size, tile_size), dtype=dtype,
+        fill_value=np.nan, dimension_names=("row", "col"), overwrite=True,
+        compressors=_compressors(),
+    )
+    meta = {
+        "schema": SCHEMA_VERSION, "n": n, "tile_size": tile_size, "dtype": dtype.name,
+        "symmetric": bool(symmetric), "kernel": None, "permutation": None,
+        "source": None, "complete": False, "results": {},
+    }
+    meta.update(attrs or {})
+    group.attrs[ATTRS_KEY] = meta
+    return MatrixStore(group)
 
 
 def _compressors():

@@ -494,15 +494,23 @@ def _after_panel(k0, k1):
     """Hook called after each finished super-panel (tests use it to simulate a killed job)."""
 
 
+def _kron_outputs(ms) -> int:
+    """d when the store holds K of a Kronecker kernel K (x) I_d: logdet(K (x) I_d) = d logdet K."""
+    spec = (ms.attrs.get("kernel") or {}) if ms is not None else {}
+    return int(spec.get("n_outputs", 1)) if spec.get("kron_identity") else 1
+
+
 def _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, budget, scale, shift,
                  stats, singular_at, ms, device, cached, resumed_panels=0):
     summary = plan.summary() if plan is not None else {}
+    d = _kron_outputs(ms)
     if singular_at is not None:
         sign, logabsdet = 0, -math.inf
         log_d = sign_d = None
     else:
         sign = int(np.prod(sign_d)) if len(sign_d) else 1
-        logabsdet = math.fsum(log_d)
+        sign = sign ** d
+        logabsdet = d * math.fsum(log_d)
     max_L = float(stats.get("max_abs_L", float("nan")))
     if method == "ldl" and max_L > 1e4:
         warnings.warn(f"LDL^T element growth max|L| = {max_L:.3g} > 1e4: the log-determinant may be "
@@ -517,7 +525,7 @@ def _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, bu
         scale=scale, shift=_shift_summary(shift), max_abs_L=max_L,
         min_abs_d=float(stats.get("min_abs_d", float("nan"))),
         max_abs_d=float(stats.get("max_abs_d", float("nan"))), singular_at=singular_at,
-        store=ms.url if ms is not None else None, device=device, cached=cached,
+        store=ms.url if ms is not None else None, device=device, cached=cached, kron_outputs=d,
         log_d=log_d, sign_d=sign_d,
     )
 

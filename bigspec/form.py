@@ -1,0 +1,188 @@
+"""Form a kernel matrix tile by tile into a store: one task per lower tile, resumable.
+
+The data are shuffled with a seeded permutation (recorded) and copied into the store's
+``data`` array, so every leading principal submatrix is a uniformly random principal
+submatrix (design.md, "Random order"). Each task reads only the data rows of its tile,
+computes the block, writes its chunk once and returns small metadata. Forming again skips
+tiles already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+
+import numpy as np
+import zarr
+
+from . import config
+from .backend import check_device, to_device, to_host
+from .cluster import current_client, resources
+from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError
+from .kernels import get_kernel
+from .progress import Progress, run_graph, want_progress
+from .store import (ATTRS_KEY, MatrixStore, _exists, _open_group, check_dtype, check_tile_size,
+                    create_matrix, new_group)
+
+logger = logging.getLogger(__name__)
+
+
+def _load_data(X) -> np.ndarray:
+    if isinstance(X, (str, os.PathLike)):
+        path = os.fspath(X)
+        if path.endswith(".npy"):
+            return np.load(path, mmap_mode="r")
+        return np.asarray(zarr.open_array(path, mode="r")[...])
+    if type(X).__module__.startswith("dask"):
+        return np.asarray(X.compute())
+    return np.asarray(X)
+
+
+def _check_finite(X):
+    bad = ~np.isfinite(X.reshape(X.shape[0], -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise NonFiniteError(
+            f"X holds NaN or infinite values in {rows.size} row(s), first at row {rows[0]}; "
+            f"drop or impute them before forming a kernel matrix", rows=rows[:10].tolist())
+
+
+def permutation(n: int, seed: int, shuffle: bool = True) -> np.ndarray:
+    """The seeded data order used by :func:`form` (identity when ``shuffle=False``)."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
+
+
+def form_tile(kernel, data, matrix, i, j, rows, cols, dtype, device):
+    """Compute and write tile (i, j); return small metadata. Pure: same inputs, same bytes."""
+    t0 = time.perf_counter()
+    xr = to_device(np.asarray(data[rows[0]:rows[1]], dtype=np.float64), device)
+    xc = xr if i == j else to_device(np.asarray(data[cols[0]:cols[1]], dtype=np.float64), device)
+    block = kernel(xr, xc, diagonal=i == j)
+    if i == j:
+        block = (block + block.T) / 2  # exactly symmetric: IEEE addition commutes
+    host = np.ascontiguousarray(to_host(block), dtype=dtype)
+    if not np.isfinite(host).all():
+        raise NonFiniteError(f"kernel {kernel.name!r} produced NaN or infinite values in tile ({i}, {j}); "
+                             f"check its parameters and the data scale", tile=(i, j))
+    b = matrix.chunks[0]
+    matrix[i * b:i * b + host.shape[0], j * b:j * b + host.shape[1]] = host
+    return {"tile": (i, j), "max_abs": float(np.max(np.abs(host), initial=0.0)),
+            "seconds": time.perf_counter() - t0}
+
+
+def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=True, client=None,
+         overwrite=False, device="cpu", progress=None, storage_options=None, **kernel_params) -> MatrixStore:
+    """Form the kernel matrix of ``X`` into a new (or unfinished) store, one task per lower tile.
+
+    Parameters
+    ----------
+    kernel : str or Kernel
+        ``"rbf"``, ``"matern"``, ``"relu"``, ``"ntk"``, ``"attention"``, a registered name, or
+        an instance; ``kernel_params`` go to its constructor.
+    X : array-like or path
+        Data points, first axis = samples (numpy, dask, zarr, or a ``.npy`` / Zarr path).
+    store : str, os.PathLike or zarr.Group
+        Where to write. An unfinished store of the same kernel and data is resumed.
+    tile_size : int, optional
+        Tile edge in matrix rows (a multiple of ``n_outputs`` for non-Kronecker kernels).
+    seed, shuffle :
+        The data are permuted with ``SeedSequence(seed)`` unless ``shuffle=False``.
+    overwrite : bool
+        Replace an existing store.
+
+    Returns
+    -------
+    MatrixStore
+
+    Examples
+    --------
+    >>> import numpy as np, bigspec
+    >>> X = np.random.default_rng(0).random((50, 3))
+    >>> K = bigspec.form("matern", X, "memory://doc-form.zarr", tile_size=16, nu=1.5,
+    ...                  lengthscale=0.5, overwrite=True)
+    >>> K.n, K.attrs["kernel"]["name"]
+    (50, 'matern')
+    """
+    k = get_kernel(kernel, **kernel_params)
+    check_device(device)
+    dtype = check_dtype(dtype)
+    X = _load_data(X)
+    if X.ndim < 2 or X.shape[0] < 1:
+        raise KernelError(f"X must have shape (n_samples, ...) with n_samples >= 1, got {X.shape}")
+    k.check_data(X)
+    _check_finite(X)
+    n_samples = int(X.shape[0])
+    per = k.rows_per_sample()
+    N = n_samples * per
+    b = check_tile_size(config.get("tile-size") if tile_size is None else tile_size, dtype)
+    b = min(b, N)
+    if b % per:
+        raise TileSizeError(f"tile_size={b} must be a multiple of n_outputs={per} so a sample's "
+                            f"{per}x{per} block is never split across tiles; try {max(per, b - b % per)}")
+    perm = permutation(n_samples, seed, shuffle)
+    data = np.ascontiguousarray(k.prepare(np.asarray(X[perm], dtype=np.float64)))
+    digest = hashlib.sha1(data.tobytes()).hexdigest()
+    meta = {"kernel": k.spec(), "permutation": {"seed": int(seed), "shuffle": bool(shuffle)},
+            "data_sha1": digest, "n_samples": n_samples, "source": "form"}
+
+    ms = _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per)
+    todo = sorted(set(ms.stored_tiles()) - ms.written_tiles())
+    if client is None:
+        client = current_client()
+    _, threads, _ = resources(client)
+    spt = b // per
+    bounds = [(i * spt, min((i + 1) * spt, n_samples)) for i in range(ms.n_tiles)]
+    max_tasks = int(config.get("max-graph-tasks", 100_000))
+    tok = uuid.uuid4().hex[:8]
+    with Progress(len(todo), label=f"bigspec form {k.name}", enabled=want_progress(progress)) as bar:
+        for start in range(0, len(todo), max_tasks):
+            batch = todo[start:start + max_tasks]
+            dsk = {(f"bigspec-form-{tok}", i, j): (form_tile, k, ms.group["data"], ms.matrix, i, j,
+                                                    bounds[i], bounds[j], dtype, device)
+                   for i, j in batch}
+            run_graph(dsk, list(dsk), client, threads, bar)
+    ms.update_attrs(complete=True, formed_tiles=len(todo))
+    return ms
+
+
+def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per):
+    existing = isinstance(store, zarr.Group) and ATTRS_KEY in store.attrs or \
+        not isinstance(store, zarr.Group) and _exists(store, storage_options)
+    if existing and not overwrite:
+        group = _open_group(store, "r+", storage_options)
+        ms = MatrixStore(group)
+        old = ms.attrs
+        same = (old.get("kernel") == meta["kernel"] and old.get("data_sha1") == meta["data_sha1"]
+                and old.get("permutation") == meta["permutation"] and ms.tile_size == b
+                and ms.dtype == dtype and ms.n == N)
+        if not same:
+            raise StoreExistsError(
+                f"a matrix store already exists at {store!r} with another kernel, data, seed or "
+                f"tile_size; pass overwrite=True (CLI --overwrite) to replace it, or choose another path",
+                store=str(store))
+        logger.info("resuming %s: %d tiles already written", ms.url, len(ms.written_tiles()))
+        return ms
+    group = new_group(store, storage_options)
+    ms = create_matrix(group, N, b, dtype, True, meta)
+    spt = b // per
+    group.create_array("data", shape=data.shape, chunks=(max(spt, 1), *data.shape[1:]), dtype="float64",
+                       overwrite=True)
+    group["data"][...] = data
+    group.create_array("permutation", shape=perm.shape, chunks=(max(min(len(perm), 1 << 20), 1),),
+                       dtype="int64", overwrite=True)
+    group["permutation"][...] = perm
+    return ms
+
+
+def kron_outputs(ms: MatrixStore) -> int:
+    """d when the store holds K of a Kronecker kernel K (x) I_d (else 1)."""
+    spec = ms.attrs.get("kernel") or {}
+    return int(spec.get("n_outputs", 1)) if spec.get("kron_identity") else 1
+
+
+__all__ = ["form", "permutation", "kron_outputs"]
