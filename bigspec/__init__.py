@@ -26,6 +26,7 @@ from .errors import (
     TileSizeError,
 )
 
+from .form import form  # noqa: E402  light: zarr and dask load on first call
 from .logdet import logdet, slogdet  # light: the heavy modules load on first call
 
 __version__ = "0.1.0"
@@ -36,11 +37,10 @@ _lazy = {
     "MatrixStore": "bigspec.store",
     "connect": "bigspec.cluster",
     "LogdetResult": "bigspec.results",
-    "form": "bigspec.form:form",
     "kernels": "bigspec.kernels:",
 }
 
-__all__ = sorted([*_lazy, "logdet", "slogdet", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
+__all__ = sorted([*_lazy, "form", "logdet", "slogdet", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
                   "InvalidMatrixError", "MemoryBudgetError", "NotPositiveDefiniteError",
                   "SingularMatrixWarning", "StoreExistsError", "StoreNotFoundError", "TileSizeError",
                   "__version__"])

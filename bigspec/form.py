@@ -16,16 +16,13 @@ import time
 import uuid
 
 import numpy as np
-import zarr
 
 from . import config
 from .backend import check_device, to_device, to_host
-from .cluster import current_client, resources
 from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError
 from .kernels import get_kernel
-from .progress import Progress, run_graph, want_progress
-from .store import (ATTRS_KEY, MatrixStore, _exists, _open_group, check_dtype, check_tile_size,
-                    create_matrix, new_group)
+
+# zarr, dask and the store load on first use: ``bigspec.form`` is bound at ``import bigspec``
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +32,8 @@ def _load_data(X) -> np.ndarray:
         path = os.fspath(X)
         if path.endswith(".npy"):
             return np.load(path, mmap_mode="r")
+        import zarr
+
         return np.asarray(zarr.open_array(path, mode="r")[...])
     if type(X).__module__.startswith("dask"):
         return np.asarray(X.compute())
@@ -108,6 +107,10 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     >>> K.n, K.attrs["kernel"]["name"]
     (50, 'matern')
     """
+    from .cluster import current_client, resources
+    from .progress import Progress, run_graph, want_progress
+    from .store import check_dtype, check_tile_size
+
     k = get_kernel(kernel, **kernel_params)
     check_device(device)
     dtype = check_dtype(dtype)
@@ -151,6 +154,10 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
 
 
 def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per):
+    import zarr
+
+    from .store import ATTRS_KEY, MatrixStore, _exists, _open_group, create_matrix, new_group
+
     existing = isinstance(store, zarr.Group) and ATTRS_KEY in store.attrs or \
         not isinstance(store, zarr.Group) and _exists(store, storage_options)
     if existing and not overwrite:
@@ -179,7 +186,7 @@ def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, 
     return ms
 
 
-def kron_outputs(ms: MatrixStore) -> int:
+def kron_outputs(ms) -> int:
     """d when the store holds K of a Kronecker kernel K (x) I_d (else 1)."""
     spec = ms.attrs.get("kernel") or {}
     return int(spec.get("n_outputs", 1)) if spec.get("kron_identity") else 1
