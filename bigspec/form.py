@@ -142,13 +142,16 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     bounds = [(i * spt, min((i + 1) * spt, n_samples)) for i in range(ms.n_tiles)]
     max_tasks = int(config.get("max-graph-tasks", 100_000))
     tok = uuid.uuid4().hex[:8]
+    kernel_key = f"bigspec-kernel-{tok}"  # one copy of the kernel (and a model's weights) per worker
     with Progress(len(todo), label=f"bigspec form {k.name}", enabled=want_progress(progress)) as bar:
         for start in range(0, len(todo), max_tasks):
             batch = todo[start:start + max_tasks]
-            dsk = {(f"bigspec-form-{tok}", i, j): (form_tile, k, ms.group["data"], ms.matrix, i, j,
+            dsk = {(f"bigspec-form-{tok}", i, j): (form_tile, kernel_key, ms.group["data"], ms.matrix, i, j,
                                                     bounds[i], bounds[j], dtype, device)
                    for i, j in batch}
-            run_graph(dsk, list(dsk), client, threads, bar)
+            keys = list(dsk)
+            dsk[kernel_key] = k
+            run_graph(dsk, keys, client, threads, bar)
     ms.update_attrs(complete=True, formed_tiles=len(todo))
     return ms
 

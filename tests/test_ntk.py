@@ -1,0 +1,72 @@
+"""Empirical NTK of torch models against J J^T from plain autograd."""
+
+import numpy as np
+import pytest
+
+import bigspec
+from bigspec.errors import KernelError, TileSizeError
+from bigspec.testing import assert_logdet_close
+
+torch = pytest.importorskip("torch")
+
+
+def small_cnn(dtype=torch.float32):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():  # non-trivial running statistics: eval mode must use them
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.to(dtype)
+
+
+def autograd_ntk(net, X):
+    """K[(i,a),(j,b)] by one autograd.grad call per (sample, output)."""
+    net = net.double().eval()
+    grads = []
+    for x in torch.as_tensor(X, dtype=torch.float64):
+        out = net(x.unsqueeze(0))[0]
+        for a in range(out.shape[0]):
+            g = torch.autograd.grad(out[a], list(net.parameters()), retain_graph=True)
+            grads.append(torch.cat([t.reshape(-1) for t in g]))
+    J = torch.stack(grads)
+    return (J @ J.T).numpy()
+
+
+def test_ntk_tiles_match_autograd(tmp_path):
+    X = np.random.default_rng(0).standard_normal((13, 1, 6, 6))
+    net = small_cnn(torch.float64)
+    k = bigspec.kernels.get_kernel("ntk", model=net, batch_size=4)
+    ms = bigspec.form(k, X, str(tmp_path / "ntk.zarr"), tile_size=9)  # 3 samples x 3 outputs per tile, ragged
+    assert ms.n == 39 and ms.attrs["kernel"]["n_outputs"] == 3 and not ms.attrs["kernel"]["kron_identity"]
+    perm = ms.group["permutation"][:]
+    ref = autograd_ntk(small_cnn(torch.float64), X[perm])
+    K = ms.to_dask().compute()
+    np.testing.assert_allclose(K, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(K, K.T)
+    assert_logdet_close(bigspec.logdet(ms), K, rtol=1e-8)
+
+
+def test_mixed_precision_is_closer_than_float32():
+    X = np.random.default_rng(1).standard_normal((10, 1, 6, 6))
+    ref = autograd_ntk(small_cnn(torch.float64), X)
+    errs = {}
+    for precision in ("mixed", "float32"):
+        k = bigspec.kernels.get_kernel("ntk", model=small_cnn(torch.float32), precision=precision)
+        k.check_data(X)
+        errs[precision] = np.abs(k(X, X, diagonal=True) - ref).max() / np.abs(ref).max()
+    assert errs["mixed"] < 1e-5
+    assert errs["mixed"] < errs["float32"]
+
+
+def test_ntk_bad_input(tmp_path):
+    net = small_cnn()
+    with pytest.raises(KernelError, match=r"cannot take inputs of shape \(1, 5, 5\)"):
+        bigspec.form("ntk", np.zeros((8, 1, 5, 5)), str(tmp_path / "a.zarr"), model=net)
+    with pytest.raises(KernelError, match="n_outputs=4 but the model has 3 outputs"):
+        bigspec.form("ntk", np.zeros((8, 1, 6, 6)), str(tmp_path / "b.zarr"), model=net, n_outputs=4)
+    with pytest.raises(TileSizeError, match="multiple of n_outputs=3"):
+        bigspec.form("ntk", np.zeros((8, 1, 6, 6)), str(tmp_path / "c.zarr"), model=net, tile_size=10)
+    with pytest.raises(KernelError, match="torch.nn.Module"):
+        bigspec.kernels.get_kernel("ntk", model="resnet")
