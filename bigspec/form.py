@@ -125,7 +125,7 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     b = check_tile_size(config.get("tile-size") if tile_size is None else tile_size, dtype)
     b = min(b, N)
     if b % per:
-        raise TileSizeError(f"tile_size={b} must be a multiple of n_outputs={per} so a sample's "
+        raise TileSizeError(f"tile_size={b} must be a multiple of {per} (matrix rows per data point) so a sample's "
                             f"{per}x{per} block is never split across tiles; try {max(per, b - b % per)}")
     perm = permutation(n_samples, seed, shuffle)
     data = np.ascontiguousarray(k.prepare(np.asarray(X[perm], dtype=np.float64)))

@@ -66,7 +66,7 @@ def test_ntk_bad_input(tmp_path):
         bigspec.form("ntk", np.zeros((8, 1, 5, 5)), str(tmp_path / "a.zarr"), model=net)
     with pytest.raises(KernelError, match="n_outputs=4 but the model has 3 outputs"):
         bigspec.form("ntk", np.zeros((8, 1, 6, 6)), str(tmp_path / "b.zarr"), model=net, n_outputs=4)
-    with pytest.raises(TileSizeError, match="multiple of n_outputs=3"):
+    with pytest.raises(TileSizeError, match="multiple of 3 .matrix rows per data point."):
         bigspec.form("ntk", np.zeros((8, 1, 6, 6)), str(tmp_path / "c.zarr"), model=net, tile_size=10)
     with pytest.raises(KernelError, match="torch.nn.Module"):
         bigspec.kernels.get_kernel("ntk", model="resnet")
