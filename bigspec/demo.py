@@ -77,7 +77,8 @@ def run_demo(workdir: str, *, n_samples: int | None = None, ntk_samples: int = 1
     if torch_ntk:
         t0 = time.perf_counter()
         sub = X[np.random.default_rng(0).permutation(len(X))[:ntk_samples]]
-        ms = bigspec.form("ntk", sub, f"{workdir}/mlp-ntk.zarr", model=small_mlp(), tile_size=150,
+        tile = max(10, len(sub) // 10 * 10)  # ten tile rows of whole samples (10 outputs each)
+        ms = bigspec.form("ntk", sub, f"{workdir}/mlp-ntk.zarr", model=small_mlp(), tile_size=tile,
                           client=client, progress=progress, overwrite=True)
         out["empirical_ntk"] = {"form_seconds": time.perf_counter() - t0, "model": "MLP 64-64-10 (tanh)",
                                 **_compare(ms, client, progress)}
