@@ -28,8 +28,9 @@ bigspec store per tile size (:func:`bigspec.from_array`). For each size n it tim
 4. ``bigspec ldl mem`` at the first size, compared with raw ``scipy.linalg.lapack.dsytrf``
    with the optimal workspace (``dsytrf_lwork``, what ``scipy.linalg.ldl`` uses) and with
    scipy's default ``lwork=n``, which makes LAPACK fall back to the unblocked algorithm.
-5. ``dask cholesky``: ``dask.array.linalg.cholesky`` of ``da.from_zarr`` (chunks = tile size)
-   with the threaded scheduler, logdet from the diagonal of L.
+5. ``dask cholesky``: ``dask.array.linalg.cholesky`` of ``da.from_zarr`` (chunks = tile size,
+   or the divisor of n nearest to it, since dask needs equal square chunks) with the
+   threaded scheduler, logdet from the diagonal of L.
 6. ``memdet``: ``detkit.memdet(assume='spd')`` on the full Zarr array, with 1 block (in
    memory) and with ``max_mem`` = 1/2 and 1/4 of the matrix bytes (scratch in the work
    directory). detkit is a benchmark-only dependency (``pip install detkit``); if it is
@@ -313,6 +314,10 @@ def setup_child(spec: dict):
 
         def compute():
             a = da.from_zarr(spec["full"], chunks=(b, b))
+            if n % b:   # dask's cholesky needs equal square chunks: pad with I (same logdet)
+                m = -(-n // b) * b
+                a = da.block([[a, da.zeros((n, m - n), chunks=b)],
+                              [da.zeros((m - n, n), chunks=b), da.eye(m - n, chunks=b)]]).rechunk((b, b))
             L = da.linalg.cholesky(a, lower=True)
             with dask.config.set(scheduler="threads"):
                 ld = 2.0 * float(da.log(da.diagonal(L)).sum().compute())
@@ -376,11 +381,16 @@ def child_main(spec: dict) -> int:
 
 
 # =========================================================================== parent side
+def _terminate(signum, frame):   # kill -TERM: stop the running child, print what was measured
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_child(spec: dict, timeout: float, tmpdir: str) -> dict:
     fd, path = tempfile.mkstemp(suffix=".json", dir=tmpdir)
     os.close(fd)
     os.unlink(path)
     spec = dict(spec, out=path)
+    signal.signal(signal.SIGTERM, _terminate)   # imported libraries may have replaced it
     cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(spec)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -403,6 +413,12 @@ def run_child(spec: dict, timeout: float, tmpdir: str) -> dict:
     if out.get("status") != "ok":
         out["stderr_tail"] = p.stderr[-2000:]
     return out
+
+
+def dask_chunk(n: int, b: int) -> int:
+    """The divisor of n nearest to b within [b/2, 2b] (dask's cholesky wants equal chunks), else b."""
+    divisors = [d for d in range(max(1, b // 2), 2 * b + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - b), d)) if divisors else b
 
 
 def fmt_bytes(x) -> str:
@@ -590,7 +606,10 @@ class Bench:
                          note="scipy's default lwork: unblocked dsytf2")
 
         # 5. dask
-        self.run(n, f"dask cholesky b={b}", {"kind": "dask", "full": full, "tile": b}, tile=b)
+        c = dask_chunk(n, b)
+        self.run(n, f"dask cholesky b={c}", {"kind": "dask", "full": full, "tile": c}, tile=c,
+                 note="" if c == b else f"chunks {c}: a divisor of n near {b}" if n % c == 0 else
+                 "padded with I to a multiple of the chunk")
 
         # 6. detkit memdet
         try:
@@ -802,9 +821,6 @@ def main(argv=None):
         args.tiles = [256, 512] if args.quick else [512, 1024, 2048]
     args.chunk = 1024 if 1024 in args.tiles else args.tiles[0]
     args.ldl_size = args.ldl_size or sizes[0]
-
-    def _terminate(signum, frame):   # kill -TERM: stop the running child, print what was measured
-        raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _terminate)
     work = Path(args.workdir)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class NTK(Kernel):
 
     name = "ntk"
     kron_identity = False
-    defaults = {"precision": "mixed", "batch_size": 8}
+    defaults = {"precision": "mixed", "batch_size": 8, "cache_bytes": 512 * 2**20}
 
     def __init__(self, model=None, n_outputs: int | None = None, **params):
         torch = _torch()
@@ -131,7 +132,23 @@ class NTK(Kernel):
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_cache", None)
+        state.pop("_jac_cache", None)
         return state
+
+    def _cached(self, key, compute):
+        """Per-process LRU of sub-batch Jacobians: tiles of one worker share their columns' work."""
+        cache = self.__dict__.setdefault("_jac_cache", OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key][0]
+        value = compute()
+        size = sum(v.numel() * v.element_size() for v in value.values())
+        limit = int(self.params["cache_bytes"])
+        if size <= limit:
+            cache[key] = (value, size)
+            while sum(s for _, s in cache.values()) > limit:
+                cache.popitem(last=False)
+        return value
 
     def _jacobians(self, x, module):
         """Per-sample Jacobians {param name: (b, d, *shape)} in fixed sub-batches (padded)."""
@@ -151,7 +168,8 @@ class NTK(Kernel):
             real = xb.shape[0]
             if real < bs:  # pad so every call sees the same shapes (bitwise-reproducible tiles)
                 xb = torch.cat([xb, xb[-1:].expand(bs - real, *xb.shape[1:])])
-            J = vmap(jacrev(f), in_dims=(None, 0))(params, xb)
+            key = (hashlib.sha1(xb.detach().cpu().numpy().tobytes()).hexdigest(), str(xb.device), real)
+            J = self._cached(key, lambda xb=xb: vmap(jacrev(f), in_dims=(None, 0))(params, xb))
             chunks.append({k: v[:real] for k, v in J.items()})
         return chunks
 
