@@ -11,9 +11,9 @@ bigspec store per tile size (:func:`bigspec.from_array`). For each size n it tim
 1. ``lapack dpotrf``: in-core ``scipy.linalg.lapack.dpotrf`` on the whole matrix, already
    in RAM (logdet = 2 sum log diag L). This is the reference of the row's ``ratio``
    (speed relative to it, same n) and of ``rel.diff`` (|logdet - ref| / |ref|). Threaded
-   OpenBLAS potrf is known to segfault on a block of 2**31 bytes or more, so at such n
-   it still runs (every configuration runs in its own subprocess), a crash is reported as
-   ``crashed``, and a 2x2-block LAPACK Cholesky (potrf/trsm/syrk/potrf on half-size blocks)
+   OpenBLAS potrf is reported to segfault on a block of 2**31 bytes or more (not reproduced
+   with OpenBLAS 0.3.31 at n=20000), so at such n it still runs (every configuration runs in
+   its own subprocess), a crash is reported as ``crashed``, and a 2x2-block LAPACK Cholesky (potrf/trsm/syrk/potrf on half-size blocks)
    provides the logdet reference; the speed reference is then the largest smaller n's
    dpotrf rate (marked ``*``).
 2. ``bigspec chol mem``: :func:`bigspec.logdet` (method="cholesky") on the store with a
@@ -543,7 +543,7 @@ class Bench:
 
         # 1. in-core LAPACK reference
         r = self.run(n, "lapack dpotrf", {"kind": "potrf", "full": full},
-                     note="subprocess; expected to crash (one block >= 2^31 B)" if big else "")
+                     note="one block >= 2^31 B: reported to crash; a crash only ends its subprocess" if big else "")
         if r.get("status") == "ok":
             self.ref_rate[n] = r["gflops"]
             self.ref_logdet[n] = (r["logdet"], "dpotrf")

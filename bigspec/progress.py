@@ -75,11 +75,13 @@ class Progress:
         sys.stderr.flush()
 
 
-def run_graph(dsk: dict, keys: list, client=None, threads: int = 1, bar: Progress | None = None):
+def run_graph(dsk: dict, keys: list, client=None, threads: int = 1, bar: Progress | None = None,
+              blas_threads: int | None = None):
     """Compute ``keys`` of the task graph ``dsk``; return their values in order.
 
     With a distributed ``client`` the graph is submitted to the cluster; otherwise it runs
-    on Dask's threaded scheduler with BLAS limited to one thread per task.
+    on Dask's threaded scheduler with ``threads`` task threads, each BLAS call using
+    ``blas_threads`` threads (default: ``bigspec.blas-threads``, else the library's own).
     """
     if client is not None:
         from distributed import as_completed
@@ -104,7 +106,7 @@ def run_graph(dsk: dict, keys: list, client=None, threads: int = 1, bar: Progres
         callbacks.append(_Tick())
     # Measured on 2 cores: threaded BLAS inside each task beats one BLAS thread per task by
     # 1.6-2x (the cores share FMA units), so BLAS threads are left as configured.
-    blas = config.get("blas-threads", None)
+    blas = config.get("blas-threads", None) or blas_threads
     with threadpool_limits(blas, user_api="blas") if blas else contextlib.nullcontext():
         if callbacks:
             with callbacks[0]:

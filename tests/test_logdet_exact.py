@@ -11,13 +11,14 @@ from hypothesis import given, settings, strategies as st
 import bigspec
 from bigspec.errors import (InvalidMatrixError, MemoryBudgetError, NonFiniteError, NotPositiveDefiniteError,
                             SingularMatrixWarning, StoreExistsError, TileSizeError)
+from bigspec.logdet.exact import local_threads
 from bigspec.logdet.plan import make_plan
 from bigspec.testing import assert_logdet_close, make_indefinite, make_spd
 
 
 def budget_for(n, b, panels, itemsize=8, method="ldl"):
     """The largest memory budget (bytes) that still needs at least ``panels`` super-panels."""
-    threads = os.cpu_count() or 1
+    threads = local_threads(os.cpu_count() or 1)[0]
 
     def count(budget):
         try:

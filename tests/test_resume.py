@@ -11,6 +11,7 @@ import pytest
 
 import bigspec
 from bigspec.logdet import exact
+from bigspec.logdet.exact import local_threads
 from bigspec.logdet.plan import make_plan
 from bigspec.testing import assert_logdet_close, make_spd
 
@@ -20,7 +21,7 @@ class Killed(Exception):
 
 
 def _budget(n, b, panels):
-    threads = os.cpu_count() or 1
+    threads = local_threads(os.cpu_count() or 1)[0]
     for budget in np.linspace(n * n * 8, n * b * 8, 400).astype(int):
         try:
             if make_plan(n, b, 8, "cholesky", budget, threads).n_panels >= panels:

@@ -369,6 +369,16 @@ class _Factor:
 
 
 # --------------------------------------------------------------------------- public
+def local_threads(cores: int) -> tuple[int, int]:
+    """(task threads, BLAS threads per call) on the threaded scheduler with ``cores`` cores.
+
+    Measured on 2 cores: one task thread with 2-thread BLAS beats 2 task threads by 10-25%,
+    in memory and out of core; tiles are BLAS-3 calls big enough to thread.
+    """
+    threads = int(config.get("threads", None) or max(1, cores // 2))
+    return threads, max(1, cores // threads)
+
+
 def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
                  client=None, checkpoint=None, overwrite=False, device="cpu", progress=None,
                  dry_run=False, storage_options=None):
@@ -383,6 +393,9 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     if client is None:
         client = current_client()
     workers, threads, worker_memory = resources(client)
+    blas_threads = None
+    if client is None:
+        threads, blas_threads = local_threads(threads)
     budget = _budget(memory, client, worker_memory)
     digest = _shift_digest(scale, shift)
     tmp_factor = None
@@ -419,7 +432,8 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
                 warnings.warn("checkpoint=False spills the factor to a local temporary directory, "
                               "which remote workers cannot read; use a store on shared storage", stacklevel=3)
         write = factor is not None
-        result = _run(plan, source, factor, scale, shift, dtype, device, client, threads, write, progress)
+        result = _run(plan, source, factor, scale, shift, dtype, device, client, threads, write, progress,
+                      blas_threads)
     finally:
         if tmp_matrix:
             shutil.rmtree(tmp_matrix, ignore_errors=True)
@@ -442,7 +456,8 @@ def _is_local(client) -> bool:
     return addr.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tls://127."))
 
 
-def _run(plan, source, factor, scale, shift, dtype, device, client, threads, write, progress):
+def _run(plan, source, factor, scale, shift, dtype, device, client, threads, write, progress,
+         blas_threads=None):
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
     bounds = [(i * b, min((i + 1) * b, n)) for i in range(nt)]
     total_outputs = sum(nt - k for k0, k1 in plan.panels for k in range(k0, k1))
@@ -460,7 +475,7 @@ def _run(plan, source, factor, scale, shift, dtype, device, client, threads, wri
                                               dtype, device, write)
             tasks += len(dsk)
             try:
-                values = run_graph(dsk, infos + outputs, client, threads, bar)
+                values = run_graph(dsk, infos + outputs, client, threads, bar, blas_threads)
             except tiles.ZeroPivot as zp:
                 singular_at = zp.row
                 warnings.warn(
