@@ -13,9 +13,9 @@ bigspec store per tile size (:func:`bigspec.from_array`). For each size n it tim
    (speed relative to it, same n) and of ``rel.diff`` (|logdet - ref| / |ref|). Threaded
    OpenBLAS potrf is reported to segfault on a block of 2**31 bytes or more (not reproduced
    with OpenBLAS 0.3.31 at n=20000), so at such n it still runs (every configuration runs in
-   its own subprocess), a crash is reported as ``crashed``, and a 2x2-block LAPACK Cholesky (potrf/trsm/syrk/potrf on half-size blocks)
-   provides the logdet reference; the speed reference is then the largest smaller n's
-   dpotrf rate (marked ``*``).
+   its own subprocess), a crash is reported as ``crashed``, and a 2x2-block LAPACK Cholesky
+   (potrf/trsm/syrk/potrf on half-size blocks) provides the logdet reference; the speed
+   reference is then the largest smaller n's dpotrf rate (marked ``*``).
 2. ``bigspec chol mem``: :func:`bigspec.logdet` (method="cholesky") on the store with a
    budget far above the matrix (one super-panel, in memory), for each tile size of the
    sweep; the fastest tile size is used for everything below at that n (and, for the last

@@ -22,7 +22,7 @@ import zarr
 from dask.utils import parse_bytes
 
 from .. import config
-from ..backend import check_device, to_device, to_host
+from ..backend import check_device, return_freed_tiles_to_os, to_device, to_host
 from ..cluster import current_client, resources
 from ..errors import (
     GrowthWarning,
@@ -47,6 +47,7 @@ FACTOR_SCHEMA = 1
 # --------------------------------------------------------------------------- tasks
 def read_tile(source, r0, r1, c0, c1, scale, shift, dtype, device, index):
     """Read ``scale * A[r0:r1, c0:c1] (+ diag(shift))`` as a fresh C-ordered tile."""
+    return_freed_tiles_to_os()  # in every worker process, so RSS follows the memory plan
     T = np.array(source[r0:r1, c0:c1], dtype=dtype, order="C", copy=True)
     if not np.isfinite(T).all():
         raise NonFiniteError(
