@@ -371,13 +371,16 @@ class _Factor:
 
 # --------------------------------------------------------------------------- public
 def local_threads(cores: int) -> tuple[int, int]:
-    """(task threads, BLAS threads per call) on the threaded scheduler with ``cores`` cores.
+    """(task threads, BLAS threads per call or None) on the threaded scheduler with ``cores`` cores.
 
-    Measured on 2 cores: one task thread with 2-thread BLAS beats 2 task threads by 10-25%,
-    in memory and out of core; tiles are BLAS-3 calls big enough to thread.
+    Default: one task thread per core, BLAS threads left to the library. Measured on 2 cores
+    (bench/logdet_exact.py): one task thread with 2-thread BLAS was 5% slower at n = 8192 and
+    25% slower at n = 20000 than two task threads; ``bigspec.threads`` overrides.
     """
-    threads = int(config.get("threads", None) or max(1, cores // 2))
-    return threads, max(1, cores // threads)
+    threads = config.get("threads", None)
+    if not threads:
+        return cores, None
+    return int(threads), max(1, cores // int(threads))
 
 
 def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
