@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ class KernelParameterError(KernelError):
     """Unknown or invalid kernel parameter."""
 
 
-class Kernel:
+class Kernel(ABC):
     """Base class of bigspec kernels. Subclasses set ``name`` and implement :meth:`block`."""
 
     name: str = "kernel"
@@ -80,8 +81,9 @@ class Kernel:
     def __call__(self, x_rows, x_cols, *, diagonal: bool = False):
         return self.block(x_rows, x_cols, diagonal=diagonal)
 
-    def block(self, x_rows, x_cols, *, diagonal: bool = False):  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must implement block()")
+    @abstractmethod
+    def block(self, x_rows, x_cols, *, diagonal: bool = False):
+        """The kernel block between two sets of data rows, on their array module."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
