@@ -24,6 +24,7 @@ from dask.utils import parse_bytes
 from .. import config
 from ..backend import check_device, return_freed_tiles_to_os, to_device, to_host
 from ..cluster import current_client, resources
+from ..form import kron_outputs
 from ..errors import (
     GrowthWarning,
     InvalidMatrixError,
@@ -518,16 +519,10 @@ def _after_panel(k0, k1):
     """Hook called after each finished super-panel (tests use it to simulate a killed job)."""
 
 
-def _kron_outputs(ms) -> int:
-    """d when the store holds K of a Kronecker kernel K (x) I_d: logdet(K (x) I_d) = d logdet K."""
-    spec = (ms.attrs.get("kernel") or {}) if ms is not None else {}
-    return int(spec.get("n_outputs", 1)) if spec.get("kron_identity") else 1
-
-
 def _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, budget, scale, shift,
                  stats, singular_at, ms, device, cached, resumed_panels=0):
     summary = plan.summary() if plan is not None else {}
-    d = _kron_outputs(ms)
+    d = kron_outputs(ms) if ms is not None else 1  # logdet(K (x) I_d) = d logdet K
     if singular_at is not None:
         sign, logabsdet = 0, -math.inf
         log_d = sign_d = None
