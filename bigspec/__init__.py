@@ -37,7 +37,7 @@ _lazy = {
     "MatrixStore": "bigspec.store",
     "connect": "bigspec.cluster",
     "LogdetResult": "bigspec.results",
-    "kernels": "bigspec.kernels:",
+    "kernels": "bigspec.kernels",
 }
 
 __all__ = sorted([*_lazy, "form", "logdet", "slogdet", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
@@ -48,12 +48,8 @@ __all__ = sorted([*_lazy, "form", "logdet", "slogdet", "BackendUnavailableError"
 
 def __getattr__(name):
     if name in _lazy:
-        module_name, _, attr = _lazy[name].partition(":")
-        module = import_module(module_name)
-        value = getattr(module, attr or name) if ":" not in _lazy[name] or attr else module
-        # importing bigspec.form binds the submodule to this name; the function wins
-        globals()[name] = value
-        return value
+        module = import_module(_lazy[name])
+        return module if module.__name__ == f"bigspec.{name}" else getattr(module, name)
     raise AttributeError(f"module 'bigspec' has no attribute {name!r}")
 
 

@@ -221,13 +221,3 @@ def update(T, L_i, LD_j, symmetric_tile: bool, cholesky: bool):
         out = gemm(-1.0, LD_j.T, L_i.T, beta=1.0, c=T.T, trans_a=1, trans_b=0, overwrite_c=1)
     return out.T
 
-
-def panel_update(S, L_rows, LD_top):
-    """``S -= L_rows @ LD_top.T``: the left-looking update of a super-panel row block."""
-    xp = namespace_of(S)
-    if xp is not np:  # pragma: no cover - needs a GPU
-        S -= L_rows @ LD_top.T
-        return S
-    gemm = blas.get_blas_funcs("gemm", (S,))
-    out = gemm(-1.0, _c(LD_top).T, _c(L_rows).T, beta=1.0, c=S.T, trans_a=1, trans_b=0, overwrite_c=1)
-    return out.T
