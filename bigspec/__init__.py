@@ -28,6 +28,16 @@ from .errors import (
 
 from .form import form  # noqa: E402  light: zarr and dask load on first call
 from .logdet import logdet, slogdet  # light: the heavy modules load on first call
+from .spectrum import free_decompress  # noqa: E402
+from .spectrum import spectrum as _spectrum_function  # noqa: E402
+from . import spectrum as _spectrum_module  # noqa: E402
+
+# ``bigspec.spectrum`` is the function; its submodules stay reachable through it
+# (``bigspec.spectrum.laws``) as well as by import (``from bigspec.spectrum.laws import ...``).
+for _name in ("laws", "metrics", "SpectrumResult", "free_decompress"):
+    setattr(_spectrum_function, _name, getattr(_spectrum_module, _name))
+spectrum = _spectrum_function
+del _name
 
 __version__ = "0.1.0"
 
@@ -38,9 +48,10 @@ _lazy = {
     "connect": "bigspec.cluster",
     "LogdetResult": "bigspec.results",
     "kernels": "bigspec.kernels",
+    "SpectrumResult": "bigspec.spectrum.result",
 }
 
-__all__ = sorted([*_lazy, "form", "logdet", "slogdet", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
+__all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "SpectrumResult", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
                   "InvalidMatrixError", "MemoryBudgetError", "NotPositiveDefiniteError",
                   "SingularMatrixWarning", "StoreExistsError", "StoreNotFoundError", "TileSizeError",
                   "__version__"])

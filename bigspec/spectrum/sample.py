@@ -1,0 +1,164 @@
+"""Sample random principal submatrices, take their eigenvalues on the workers, decompress.
+
+From a store, the samples are disjoint contiguous diagonal blocks of the (randomly
+ordered) matrix, and only their tiles are read. From ``kernel, X``, each sample is a seeded
+random subset of the data whose kernel block is formed on a worker; the full matrix is
+never formed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from ..backend import check_device, get_namespace, to_host
+from ..errors import InvalidMatrixError
+from .free import InvalidSpectrumError, free_decompress
+
+logger = logging.getLogger(__name__)
+
+
+def _eigvalsh_block(block, device: str) -> np.ndarray:
+    xp = get_namespace(device)
+    a = xp.asarray(np.asarray(block, dtype=np.float64))
+    return np.sort(to_host(xp.linalg.eigvalsh(a)))
+
+
+def _eigvalsh_kernel(kernel, data, device: str) -> np.ndarray:
+    xp = get_namespace(device)
+    x = xp.asarray(data)
+    return np.sort(to_host(xp.linalg.eigvalsh(xp.asarray(kernel.block(x, x, diagonal=True), dtype=xp.float64))))
+
+
+def _compute(tasks, client):
+    import dask
+
+    if client is None:
+        from ..cluster import current_client
+
+        client = current_client()
+    if client is not None:
+        return client.compute(tasks, sync=True)
+    return list(dask.compute(*tasks, scheduler="threads"))
+
+
+def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size=None, seed=0, client=None,
+             device="cpu", storage_options=None, **options):
+    """Eigenvalue density of a matrix too large to diagonalize, from sampled principal submatrices.
+
+    Parameters
+    ----------
+    A : str, os.PathLike, zarr.Group or MatrixStore, optional
+        A store written by :func:`bigspec.form` (rows in random order) or
+        :func:`bigspec.from_array`. Samples are its disjoint diagonal blocks.
+    kernel, X : optional
+        Instead of a store: a kernel (name or instance) and data. Each sample is a seeded
+        random subset of ``sample_size`` data points; only its block is formed.
+    sample_size : int
+        Rows (data points, for ``kernel, X``) per sample. Default: ``min(n // n_samples, 4096)``.
+    n_samples : int
+        Disjoint samples, pooled into one fit.
+    size : int, optional
+        Size to decompress to (default: the full matrix, n).
+    seed : int
+        Seeds the subsets (``kernel, X``); recorded in the result.
+    client : distributed.Client, optional
+        Default: the current client, else Dask's threaded scheduler.
+    device : {"cpu", "gpu"}
+        ``"gpu"`` runs eigvalsh (and the kernel block) with cupy.
+    **options
+        Passed to :func:`free_decompress` (``degree``, ``glue``, ``grid``, ``support``...).
+
+    Returns
+    -------
+    SpectrumResult
+
+    Examples
+    --------
+    >>> import numpy as np, bigspec
+    >>> X = np.random.default_rng(0).standard_normal((600, 4))
+    >>> r = bigspec.spectrum(kernel="rbf", X=X, sample_size=150, n_samples=2, lengthscale=2.0)
+    >>> r.size, r.sample_size, r.n_samples, r.settings["regime"]
+    (600, 150, 2, 'heavy-tailed')
+    """
+    import dask
+
+    device = check_device(device)
+    kernel_params = {k: options.pop(k) for k in list(options) if k not in _DECOMPRESS_OPTIONS}
+    if (A is None) == (kernel is None):
+        raise TypeError("pass either a store A or kernel= and X=, not both (and not neither)")
+    n_samples = int(n_samples)
+    if n_samples < 1:
+        raise InvalidSpectrumError(f"n_samples must be >= 1, got {n_samples}")
+
+    if A is not None:
+        from ..form import kron_outputs
+        from ..store import MatrixStore, open_matrix
+
+        if kernel_params:
+            raise TypeError(f"unexpected options {sorted(kernel_params)}")
+        ms = A if isinstance(A, MatrixStore) else open_matrix(A, mode="r", storage_options=storage_options)
+        if not ms.symmetric:
+            raise InvalidMatrixError(
+                f"store {ms.url} holds a non-symmetric matrix; spectrum() needs a symmetric one "
+                "(re-import it with bigspec.from_array(..., symmetric=True) after symmetrizing)")
+        ms.check_complete()
+        n = ms.n
+        perm = ms.attrs.get("permutation")
+        if not (isinstance(perm, dict) and perm.get("shuffle")):
+            warnings.warn(
+                f"store {ms.url} was not formed in random order (shuffle=False or imported with from_array): its "
+                "diagonal blocks are not random samples and the density may be biased; form it with shuffle=True",
+                RandomOrderWarning, stacklevel=2)
+        sample_size = _sample_size(sample_size, n, n_samples)
+        A_dask = ms.to_dask()
+        tasks = [dask.delayed(_eigvalsh_block)(A_dask[j * sample_size:(j + 1) * sample_size,
+                                                      j * sample_size:(j + 1) * sample_size], device)
+                 for j in range(n_samples)]
+        source = ms.url
+        rows = kron_outputs(ms)  # K (x) I_d has K's spectrum; sizes count K's rows
+    else:
+        from ..form import _check_finite, _load_data
+        from ..kernels import get_kernel
+
+        k = get_kernel(kernel, **kernel_params)
+        Xa = _load_data(X)
+        k.check_data(Xa)
+        _check_finite(Xa)
+        n = int(Xa.shape[0])
+        sample_size = _sample_size(sample_size, n, n_samples)
+        order = np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
+        data = np.asarray(k.prepare(np.asarray(Xa, dtype=np.float64)))
+        k_key = dask.delayed(k, pure=True)
+        tasks = [dask.delayed(_eigvalsh_kernel)(k_key, data[np.sort(order[j * sample_size:(j + 1) * sample_size])],
+                                                device) for j in range(n_samples)]
+        source = f"kernel {k.name}"
+        rows = 1 if k.kron_identity else k.n_outputs
+    eigs = _compute(tasks, client)
+    size = n if size is None else int(size)
+    # eigenvalue arrays count matrix rows; sizes count samples (x rows per sample)
+    return free_decompress(eigs, size * rows if rows > 1 and A is None else size,
+                           sample_size=sample_size * rows if rows > 1 and A is None else sample_size,
+                           seed=seed, source=source, **options)
+
+
+_DECOMPRESS_OPTIONS = {"support", "degree", "damping", "glue", "grid", "delta", "atom_tol", "regime"}
+
+
+def _sample_size(sample_size, n, n_samples):
+    if sample_size is None:
+        sample_size = min(n // n_samples, 4096)
+    sample_size = int(sample_size)
+    if sample_size < 2:
+        raise InvalidSpectrumError(f"sample_size must be >= 2, got {sample_size}")
+    if sample_size * n_samples > n:
+        raise InvalidSpectrumError(
+            f"{n_samples} disjoint samples of {sample_size} rows need {sample_size * n_samples} rows, but the matrix "
+            f"has {n}; lower sample_size to at most {n // n_samples} or n_samples to at most {n // sample_size}")
+    return sample_size
+
+
+class RandomOrderWarning(UserWarning):
+    """The store's rows are not in random order, so its diagonal blocks are not random samples."""
