@@ -169,6 +169,49 @@ def logdet(store, method, memory, tile_size, shift, scale, checkpoint, overwrite
                    f"{res.seconds:.2f} s" + (" (cached)" if res.cached else ""), err=True)
 
 
+@cli.command()
+@click.argument("store")
+@click.option("--sample-size", type=int, default=None, help="Rows per sample (default: min(n / samples, 4096)).")
+@click.option("--samples", "n_samples", type=int, default=1, show_default=True, help="Disjoint diagonal blocks.")
+@click.option("--size", type=int, default=None, help="Decompress to this size (default: n).")
+@click.option("--regime", type=click.Choice(["auto", "bulk", "heavy-tailed"]), default="auto", show_default=True,
+              help="bulk: full free decompression; heavy-tailed: its large-alpha form for kernel/NTK spectra.")
+@click.option("--degree", type=int, default=None, help="Chebyshev degree of the sample density.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Save the sample histogram and decompressed density (PNG, SVG, PDF).")
+@click.option("--log", "log_axis", is_flag=True, help="Plot on a log10 eigenvalue axis.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@cluster_options
+def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log_axis, as_json,
+             scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+    """Eigenvalue density of the matrix in STORE by free decompression of sampled diagonal blocks."""
+    from .spectrum import spectrum as run_spectrum
+
+    options = {"degree": degree} if degree else {}
+    with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
+        res = run_spectrum(store, sample_size=sample_size, n_samples=n_samples, size=size, regime=regime,
+                           client=client, device="gpu" if gpu else "cpu", **options)
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        ax = res.plot(log=log_axis or res.settings["regime"] == "heavy-tailed")
+        ax.figure.savefig(plot_path, dpi=120, bbox_inches="tight")
+    if as_json:
+        _emit(res, True)
+        return
+    q = res.quantiles([0.01, 0.5, 0.99])
+    click.echo(f"size = {res.size} from {res.n_samples} sample(s) of {res.sample_size} (alpha = {res.alpha:.3g}), "
+               f"regime = {res.settings['regime']}")
+    click.echo(f"support = [{res.support[0]:.6g}, {res.support[1]:.6g}], mean = {res.mean:.6g}, "
+               f"quantiles 1/50/99% = {q[0]:.4g} / {q[1]:.4g} / {q[2]:.4g}")
+    for loc, mass in res.atoms:
+        click.echo(f"atom at {loc:.4g} with mass {mass:.4f}")
+    for w in res.diagnostics.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
+
+
 def _parse_params(pairs, extra):
     """Kernel parameters from ``--param k=v`` pairs and free ``--name value`` options."""
     import yaml

@@ -52,7 +52,8 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     ----------
     A : str, os.PathLike, zarr.Group or MatrixStore, optional
         A store written by :func:`bigspec.form` (rows in random order) or
-        :func:`bigspec.from_array`. Samples are its disjoint diagonal blocks.
+        :func:`bigspec.from_array` (whose rows are taken to be in random order: permute them
+        first if they are not). Samples are its disjoint diagonal blocks.
     kernel, X : optional
         Instead of a store: a kernel (name or instance) and data. Each sample is a seeded
         random subset of ``sample_size`` data points; only its block is formed.
@@ -107,9 +108,9 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         ms.check_complete()
         n = ms.n
         perm = ms.attrs.get("permutation")
-        if not (isinstance(perm, dict) and perm.get("shuffle")):
+        if isinstance(perm, dict) and not perm.get("shuffle", True):
             warnings.warn(
-                f"store {ms.url} was not formed in random order (shuffle=False or imported with from_array): its "
+                f"store {ms.url} was formed with shuffle=False: its "
                 "diagonal blocks are not random samples and the density may be biased; form it with shuffle=True",
                 RandomOrderWarning, stacklevel=2)
         sample_size = _sample_size(sample_size, n, n_samples)

@@ -1,0 +1,292 @@
+"""Free decompression and spectrum sampling, checked against analytic laws and eigvalsh."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+import bigspec
+from bigspec.errors import InvalidMatrixError
+from bigspec.spectrum import InvalidSpectrumError, free_decompress
+from bigspec.spectrum.chebyshev import ChebyshevDensity
+from bigspec.spectrum.laws import MarchenkoPastur, Wigner
+from bigspec.spectrum.metrics import l1, wasserstein1
+from bigspec.spectrum.sample import RandomOrderWarning
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bigspec.spectrum.DecompressionWarning if hasattr(
+            bigspec.spectrum, "DecompressionWarning") else UserWarning)
+        yield
+
+
+# -- the laws themselves ------------------------------------------------------------------
+
+@pytest.mark.parametrize("law", [Wigner(1.0), Wigner(2.5, center=1.0), MarchenkoPastur(0.02), MarchenkoPastur(0.5),
+                                 MarchenkoPastur(2.0, variance=3.0)])
+def test_law_is_a_distribution_with_its_stieltjes_transform(law):
+    lo, hi = law.support
+    mass = integrate.quad(law.density, lo, hi, limit=200)[0] + (law.atom[1] if law.atom else 0)
+    assert mass == pytest.approx(1.0, abs=1e-7)
+    z = (lo + hi) / 2 + 0.3j * (hi - lo)
+    num = integrate.quad(lambda x: (law.density(x) / (x - z)).real, lo, hi, limit=200)[0] + \
+        1j * integrate.quad(lambda x: (law.density(x) / (x - z)).imag, lo, hi, limit=200)[0]
+    if law.atom:
+        num += law.atom[1] / (law.atom[0] - z)
+    assert law.stieltjes(z) == pytest.approx(num, rel=1e-7)
+    assert law.cdf(hi + 1) == pytest.approx(1.0, abs=1e-9)
+    p = np.array([0.05, 0.3, 0.7, 0.95])
+    F = law.cdf(law.quantile(p))
+    assert np.all(F >= p - 1e-6)  # a jump at the atom covers every p below its mass
+    above = p > (law.atom[1] if law.atom else 0)
+    assert F[above] == pytest.approx(p[above], abs=1e-6)
+
+
+def test_laws_decompress_by_their_free_cumulants():
+    # mean preserved, variance times alpha (science.md 3.1)
+    for law in (Wigner(1.3), MarchenkoPastur(0.1, 2.0)):
+        big = law.decompress(8)
+        assert big.mean == pytest.approx(law.mean, abs=1e-9)
+        assert big.variance == pytest.approx(8 * law.variance, rel=1e-8)
+    mp = MarchenkoPastur(1 / 50).decompress(32)
+    assert mp.support == pytest.approx((0.04, 3.24), abs=1e-12)
+    assert MarchenkoPastur(0.5).decompress(4).atom == pytest.approx((0.0, 0.5))
+
+
+def test_law_matrices_have_the_law():
+    for law in (Wigner(2.0), MarchenkoPastur(0.3)):
+        assert wasserstein1(law, law.eigenvalues(1500, seed=3)) < 0.02 * np.sqrt(law.variance)
+
+
+def test_principal_submatrix_of_a_wishart_matrix_is_a_wishart_matrix():
+    full = MarchenkoPastur(0.25).matrix(2000, seed=0)  # ratio of the full matrix
+    sub = np.linalg.eigvalsh(full[:500, :500])
+    assert wasserstein1(MarchenkoPastur(0.25).decompress(0.25), sub) < 0.01
+
+
+# -- the Chebyshev density ------------------------------------------------------------------
+
+def test_chebyshev_stieltjes_and_hilbert_are_exact_for_the_series():
+    rng = np.random.default_rng(0)
+    rho = ChebyshevDensity(-1.0, 3.0, np.r_[2 / np.pi, 0.1 * rng.standard_normal(12)])
+    x = np.linspace(-0.99, 2.99, 7)
+    for z in (0.5 + 0.7j, 4.0 + 0.01j, -2.0 - 1.0j):
+        re = integrate.quad(lambda s: (rho.density(np.array([s]))[0] / (s - z)).real, -1, 3, limit=400)[0]
+        im = integrate.quad(lambda s: (rho.density(np.array([s]))[0] / (s - z)).imag, -1, 3, limit=400)[0]
+        assert rho.stieltjes(np.array([z]))[0] == pytest.approx(re + 1j * im, rel=1e-8)
+    assert rho.hilbert(x) == pytest.approx(rho.stieltjes(x + 1e-10j).real, abs=1e-6)
+    m, dm = rho.stieltjes(np.array([1 + 0.5j]), derivative=True)
+    h = 1e-6
+    assert dm[0] == pytest.approx((rho.stieltjes(np.array([1 + 0.5j + h]))[0] -
+                                   rho.stieltjes(np.array([1 + 0.5j - h]))[0]) / (2 * h), rel=1e-6)
+
+
+# -- free decompression against the oracles ------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [8, 32])
+def test_wigner_decompresses_to_the_wider_semicircle(alpha):
+    law = Wigner(1.0)
+    r = free_decompress(law.eigenvalues(1000, seed=1), size=1000 * alpha)
+    target = law.decompress(alpha)
+    assert wasserstein1(r, target) < 0.01 * np.sqrt(alpha)  # W1 < 1% of the spread
+    assert l1(r, target) < 0.03
+    assert r.variance == pytest.approx(alpha, rel=0.02)
+    assert r.support == pytest.approx(target.support, abs=0.05 * np.sqrt(alpha))
+    assert r.diagnostics["converged_fraction"] == 1.0
+
+
+@pytest.mark.parametrize("ratio,alpha,w1,l1_max", [(1 / 50, 8, 0.005, 0.03), (1 / 50, 32, 0.012, 0.08),
+                                                    (0.1, 8, 0.01, 0.05)])
+def test_marchenko_pastur_decompresses_to_the_larger_ratio(ratio, alpha, w1, l1_max):
+    law = MarchenkoPastur(ratio)
+    eig = law.eigenvalues(1000, seed=2)
+    r = free_decompress(eig, size=1000 * alpha)
+    target = law.decompress(alpha)
+    assert wasserstein1(r, target) < w1
+    assert l1(r, target) < l1_max
+    assert r.atoms == []
+    # and it is a real gain over reading the sample as the answer
+    assert wasserstein1(r, target) < 0.1 * wasserstein1(eig, target)
+
+
+def test_support_changes_shape_and_an_atom_appears():
+    # ratio 0.5 -> 2: the decompressed matrix is rank deficient, with an atom of mass 1/2 at 0
+    law = MarchenkoPastur(0.5)
+    r = free_decompress(law.eigenvalues(1000, seed=4), size=4000)
+    target = law.decompress(4)
+    assert len(r.atoms) == 1
+    loc, mass = r.atoms[0]
+    assert mass == pytest.approx(0.5, abs=0.02)
+    assert abs(loc) < 0.05
+    assert wasserstein1(r, target) < 0.03
+    assert l1(r, target) < 0.03
+
+
+def test_rank_deficient_sample_keeps_its_rank():
+    law = MarchenkoPastur(2.0)  # half the sample's eigenvalues are 0
+    r = free_decompress(law.eigenvalues(1000, seed=5), size=4000)
+    assert r.atoms[0] == pytest.approx((0.0, 1 - 0.5 / 4), abs=1e-3)
+    # the continuous part is only approximate here (some mass leaks toward the atom)
+
+
+def test_against_eigvalsh_of_an_actual_full_matrix():
+    full = MarchenkoPastur(0.2).matrix(4000, seed=6)
+    exact = np.linalg.eigvalsh(full)
+    sub = np.linalg.eigvalsh(full[:500, :500])
+    r = free_decompress(sub, size=4000)
+    assert wasserstein1(r, exact) < 0.01
+    assert wasserstein1(r, exact) < 0.2 * wasserstein1(sub, exact)
+    sign, ld = r.logdet()
+    exact_ld = np.sum(np.log(exact))
+    assert sign == 1 and ld == pytest.approx(exact_ld, rel=0.01)
+
+
+def test_identity_at_the_sample_size():
+    eig = Wigner(1.0).eigenvalues(1000, seed=7)
+    r = free_decompress(eig, size=1000)
+    assert r.alpha == 1
+    fit = ChebyshevDensity.from_samples(eig, *r.settings["support"], r.settings["degree"])
+    inside = (r.x > fit.lo) & (r.x < fit.hi)
+    assert r.density[inside] == pytest.approx(fit.density(r.x[inside]), rel=1e-3, abs=1e-6)
+    assert wasserstein1(r, eig) < 0.01
+
+
+def test_pooled_samples_keep_the_base_size():
+    law = MarchenkoPastur(0.05)
+    samples = [law.eigenvalues(500, seed=s) for s in range(4)]
+    r = free_decompress(samples, size=4000)
+    assert (r.sample_size, r.n_samples, r.alpha) == (500, 4, 8)
+    assert wasserstein1(r, law.decompress(8)) < 0.01
+
+
+def test_result_methods_agree_with_each_other():
+    law = MarchenkoPastur(0.02)
+    r = free_decompress(law.eigenvalues(800, seed=8), size=6400)
+    q = r.quantiles([0.1, 0.5, 0.9])
+    assert np.all(np.diff(q) > 0)
+    assert r.cdf(q) == pytest.approx([0.1, 0.5, 0.9], abs=2e-3)
+    m = r.moments(3)
+    t = law.decompress(8)
+    assert m[0] == pytest.approx(t.mean, rel=0.01)
+    assert m[1] == pytest.approx(t.moment(2), rel=0.02)
+    sign, ld = r.logdet()
+    assert ld == pytest.approx(6400 * t.mean_log(), rel=0.03)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["size"] == 6400 and len(d["x"]) == len(d["density"]) == r.settings["grid"]
+    assert "glue" in d["diagnostics"] and "SpectrumResult" in repr(r)
+
+
+def test_plot_linear_and_log(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    r = free_decompress(MarchenkoPastur(0.1).eigenvalues(500, seed=0), size=2000)
+    ax = r.plot()
+    assert len(ax.lines) == 1 and len(ax.patches) > 0
+    ax = r.plot(log=True)
+    assert ax.get_xlabel().startswith("log10")
+    ax.figure.savefig(tmp_path / "s.png")
+
+
+# -- kernel spectra: the heavy-tailed regime -------------------------------------------------
+
+def test_kernel_spectrum_heavy_tailed_beats_the_sample():
+    from bigspec.kernels import get_kernel
+
+    X = np.random.default_rng(0).standard_normal((2000, 4))
+    K = get_kernel("matern", nu=1.5, lengthscale=1.0).block(X, X, diagonal=True)
+    exact = np.linalg.eigvalsh(K)
+    r = bigspec.spectrum(kernel="matern", X=X, sample_size=250, n_samples=2, seed=1, nu=1.5, lengthscale=1.0)
+    assert r.settings["regime"] == "heavy-tailed"
+    # the sampled blocks are exactly the seeded subsets
+    order = np.random.default_rng(np.random.SeedSequence(1)).permutation(2000)
+    idx = np.sort(order[:250])
+    assert np.sort(r.eigenvalues)[-1] == pytest.approx(max(np.linalg.eigvalsh(K[np.ix_(idx, idx)]).max(),
+                                                          np.linalg.eigvalsh(K[np.ix_(*[np.sort(order[250:500])] * 2)]).max()))
+    assert wasserstein1(r, exact) < 0.5 * wasserstein1(r.eigenvalues, exact)
+    assert r.moments(1)[0] == pytest.approx(1.0, rel=0.1)  # trace per row
+
+
+# -- sampling from stores ---------------------------------------------------------------------
+
+def _wishart_store(path, tile_size, seed=0):
+    A = MarchenkoPastur(0.1).matrix(1200, seed=seed)
+    return bigspec.from_array(A, str(path), tile_size=tile_size, overwrite=True), A
+
+
+def test_spectrum_of_a_store_reads_its_diagonal_blocks(tmp_path):
+    ms, A = _wishart_store(tmp_path / "w.zarr", 128)
+    r = bigspec.spectrum(str(tmp_path / "w.zarr"), sample_size=300, n_samples=3, seed=0)
+    expect = np.concatenate([np.linalg.eigvalsh(A[j * 300:(j + 1) * 300, j * 300:(j + 1) * 300]) for j in range(3)])
+    assert np.sort(r.eigenvalues) == pytest.approx(np.sort(expect), abs=1e-12)
+    assert (r.size, r.sample_size, r.n_samples, r.seed) == (1200, 300, 3, 0)
+    assert wasserstein1(r, np.linalg.eigvalsh(A)) < 0.02
+
+
+def test_independent_of_tile_size_and_workers(tmp_path):
+    from distributed import Client, LocalCluster
+
+    _wishart_store(tmp_path / "a.zarr", 100)
+    _wishart_store(tmp_path / "b.zarr", 256)
+    ra = bigspec.spectrum(str(tmp_path / "a.zarr"), sample_size=400, n_samples=2)
+    rb = bigspec.spectrum(str(tmp_path / "b.zarr"), sample_size=400, n_samples=2)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        rc = bigspec.spectrum(str(tmp_path / "a.zarr"), sample_size=400, n_samples=2, client=client)
+    # tiles are assembled exactly: the same blocks, bit for bit
+    assert np.array_equal(ra.eigenvalues, rb.eigenvalues)
+    assert np.array_equal(ra.density, rb.density)
+    # worker processes run eigvalsh with their own BLAS threading: equal to rounding
+    assert rc.eigenvalues == pytest.approx(ra.eigenvalues, abs=1e-12)
+    assert rc.density == pytest.approx(ra.density, abs=1e-8 * ra.density.max())
+
+
+def test_bad_input_is_named(tmp_path):
+    eig = Wigner(1.0).eigenvalues(200, seed=0)
+    with pytest.raises(InvalidSpectrumError, match="smaller than the sample size"):
+        free_decompress(eig, size=100)
+    with pytest.raises(InvalidSpectrumError, match="complex"):
+        free_decompress(eig + 1j, size=400)
+    bad = eig.copy()
+    bad[3] = np.nan
+    with pytest.raises(InvalidSpectrumError, match="NaN"):
+        free_decompress(bad, size=400)
+    A = np.arange(16.0).reshape(4, 4)
+    bigspec.from_array(A, str(tmp_path / "ns.zarr"), tile_size=2, symmetric=False)
+    with pytest.raises(InvalidMatrixError, match="non-symmetric"):
+        bigspec.spectrum(str(tmp_path / "ns.zarr"), sample_size=2)
+    _wishart_store(tmp_path / "w.zarr", 128)
+    with pytest.raises(InvalidSpectrumError, match="lower sample_size"):
+        bigspec.spectrum(str(tmp_path / "w.zarr"), sample_size=700, n_samples=2)
+    with pytest.raises(TypeError, match="either a store"):
+        bigspec.spectrum()
+
+
+def test_unshuffled_store_warns(tmp_path):
+    X = np.random.default_rng(0).standard_normal((300, 3))
+    bigspec.form("rbf", X, str(tmp_path / "k.zarr"), tile_size=64, shuffle=False, lengthscale=3.0)
+    with pytest.warns(RandomOrderWarning, match="shuffle=False"):
+        bigspec.spectrum(str(tmp_path / "k.zarr"), sample_size=100)
+
+
+def test_cli_spectrum(tmp_path):
+    from click.testing import CliRunner
+
+    from bigspec.cli import cli
+
+    _wishart_store(tmp_path / "w.zarr", 128)
+    out = CliRunner().invoke(cli, ["spectrum", str(tmp_path / "w.zarr"), "--sample-size", "400", "--samples", "2",
+                                   "--plot", str(tmp_path / "s.png"), "--json", "--workers", "1"])
+    assert out.exit_code == 0, out.output
+    d = json.loads(out.output[out.output.index("{"):])
+    assert d["size"] == 1200 and d["n_samples"] == 2
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    out = CliRunner().invoke(cli, ["spectrum", str(tmp_path / "w.zarr"), "--sample-size", "400", "--samples", "2",
+                                   "--workers", "1"])
+    assert "support" in out.output
