@@ -34,7 +34,8 @@ from . import spectrum as _spectrum_module  # noqa: E402
 
 # ``bigspec.spectrum`` is the function; its submodules stay reachable through it
 # (``bigspec.spectrum.laws``) as well as by import (``from bigspec.spectrum.laws import ...``).
-for _name in ("laws", "metrics", "SpectrumResult", "free_decompress"):
+for _name in ("laws", "metrics", "free", "chebyshev", "result", "sample", "SpectrumResult", "free_decompress",
+              "DecompressionWarning", "InvalidSpectrumError"):
     setattr(_spectrum_function, _name, getattr(_spectrum_module, _name))
 spectrum = _spectrum_function
 del _name

@@ -62,11 +62,12 @@ def _design(x, poles, linear):
 
 
 def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300,
-             interior: float = 0.9) -> Glue:
+             interior: float = 0.7) -> Glue:
     """Fit G = 2H on the support's interior: ``c [+ D z] [+ r / (z - a)]``.
 
     ``side`` is 0 (no pole), -1 (a pole left of the support) or +1 (right). The edges are
-    left out of the fit (``|t| > interior``): there the sample's density is least certain.
+    left out of the fit (``|t| > interior``): there the sample's density is least certain
+    (0.7 was best on Marchenko-Pastur and Wigner samples against 0.6-0.98).
     """
     lo, hi, h = rho.lo, rho.hi, rho.span / 2
     t = np.cos((np.arange(n_points) + 0.5) * np.pi / n_points) * interior
@@ -388,6 +389,10 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         mp, _, ok = solve_characteristics(sheets, np.array([p]), alpha, eps)
         if (sheets.atom and p == sheets.atom[0]) or (ok[0] and eps * mp.imag[0] > 0.5 * mass):
             atoms.append((p, mass))
+    # a positive semidefinite sample loses rank at exactly 0: a pole fitted within 5% of the
+    # span from 0 is that rank deficiency, and its offset is fit noise
+    if cont.min() >= -1e-9 * scale:
+        atoms = [(0.0 if abs(p) < 0.05 * rho.span else p, mass) for p, mass in atoms]
     atom_mass = sum(m_ for _, m_ in atoms)
     raw_mass = float(np.trapezoid(density, x))
     if raw_mass > 0:

@@ -79,13 +79,16 @@ class SpectrumResult(ResultMixin):
         if self.table is not None:
             v, w = self.table
             return v[np.clip(np.searchsorted(np.cumsum(w), q, side="left"), 0, v.size - 1)]
-        pts = np.union1d(self.x, [loc for loc, _ in self.atoms])
-        F = self.cdf(pts)
+        # each atom is a jump: the CDF just below it, then at it
+        below = [loc - 1e-9 * (self.x[-1] - self.x[0]) for loc, _ in self.atoms]
+        pts = np.union1d(self.x, [loc for loc, _ in self.atoms] + below)
+        F = np.maximum.accumulate(self.cdf(pts))
         idx = np.clip(np.searchsorted(F, q, side="left"), 0, pts.size - 1)
         lo = np.clip(idx - 1, 0, None)
-        # interpolate inside continuous stretches, jump at atoms
-        w = np.where(F[idx] > F[lo], (q - F[lo]) / np.where(F[idx] > F[lo], F[idx] - F[lo], 1), 1.0)
-        return np.where(idx == lo, pts[idx], pts[lo] + np.clip(w, 0, 1) * (pts[idx] - pts[lo]))
+        span = np.where(F[idx] > F[lo], F[idx] - F[lo], 1.0)
+        w = np.clip((q - F[lo]) / span, 0, 1)
+        w = np.where(np.isin(pts[idx], [loc for loc, _ in self.atoms]), 1.0, w)  # inside a jump: the atom
+        return np.where(idx == lo, pts[idx], pts[lo] + w * (pts[idx] - pts[lo]))
 
     def moments(self, k: int = 4) -> np.ndarray:
         """Raw moments E[x^j], j = 1..k (atoms included)."""
