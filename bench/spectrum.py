@@ -1,0 +1,657 @@
+"""Benchmark of bigspec's free decompression against freealg 0.12.2 on the same eigenvalues.
+
+What it measures
+----------------
+Free decompression estimates the spectrum of a large n x n matrix from the eigenvalues of
+one random n_s x n_s principal submatrix (alpha = n / n_s). Every case below has a known
+answer at the target size (an analytic law, or the full eigendecomposition), so each
+method's output is scored against it:
+
+1. ``mp``: Marchenko-Pastur. The sample is the spectrum of one 1000 x 1000 Wishart matrix
+   of ratio 1/50 (``MarchenkoPastur(1/50).matrix(1000, seed=1)``); targets 8000 and 32000
+   (alpha 8, 32); oracle ``MarchenkoPastur(1/50).decompress(alpha)`` (ratio 0.16, 0.64).
+2. ``wigner``: GOE of size 1000, variance 1 (seed 2); targets 8000, 32000; oracle the
+   semicircle of variance alpha.
+3. ``mp-rank``: rank-deficient Wishart. Sample ``MarchenkoPastur(0.5)`` of size 1000
+   (seed 3), target 4000: the oracle has ratio 2, i.e. an atom of mass 0.5 at 0 (the big
+   matrix has rank n/2) plus a continuous part of mass 0.5.
+4. ``digits-ntk``: the analytic NTK of a depth-3 ReLU MLP (bigspec's ``relu`` kernel with its
+   defaults, as ``bigspec demo`` builds it: depth=3, weight_variance=2, bias_variance=0.1) on
+   the 1797 scikit-learn digits scaled to [0, 1] (``bigspec.demo.digits``). The oracle is
+   ``eigvalsh(K)`` of the full 1797 x 1797 K; the sample is a random principal submatrix of
+   size 1797 // 8 = 224 (``default_rng(4).permutation``), decompressed to 1797.
+
+Methods (all given the same sample eigenvalues, except ``freealg.eigvalsh``):
+
+* ``bigspec``: ``bigspec.free_decompress(eigs, size)`` with its defaults. When the result
+  carries a discrete ``table`` (its large-alpha form for heavy-tailed spectra, used by its
+  own ``cdf``/``quantiles``), the table is what is scored (the density grid's W1 is kept in
+  the JSON as ``w1_density_grid``).
+* ``freealg FreeForm``: ``FreeForm(eigs, support=(eigs.min(), eigs.max()))``, then
+  ``fit(method='jacobi', K=50, alpha=0.5, beta=0.5, projection='beta', kernel_bw=h,
+  damp='jackson', continuation='pade', pade_p=1, pade_q=1)`` and
+  ``decompress(size, x=grid)`` (Newton, defaults). ``h`` = 3e-3 (MP-like: mp, mp-rank,
+  digits-ntk) or 1e-2 (wigner); the Plemelj offset ``ff.delta`` = 1e-4 (MP-like) or 1e-6
+  (wigner). freealg 0.12.2's ``FreeForm(..., delta=)`` argument is passed on as BaseForm's
+  ``log`` flag and never reaches ``self.delta`` (which stays at 1e-5), so the script sets
+  ``ff.delta`` after construction. The support is the sample's range: with freealg's
+  default support estimate (range widened by |edge| / n) the Beta-kernel KDE returns NaN on
+  the MP sample and the Pade fit fails ("Residuals are not finite in the initial point").
+* ``freealg FreeForm pade(1,0)`` (wigner only): the same with ``pade_p=1, pade_q=0``. The
+  semicircle's glue function m_I + m_II = -z / s^2 is linear, which Pade (1, 0) represents
+  exactly; the (1, 1) model adds a pole and decompresses the semicircle badly. (For MP the
+  glue has one pole at 0, which (1, 1) represents exactly.)
+* ``freealg AlgebraicForm moc`` / ``coeffs``: ``AlgebraicForm(eigs).fit(deg_m=2, deg_z=1)``,
+  then ``decompress(size, x=grid, method=..., return_atoms=True)``: ``'moc'`` (freealg's
+  default, method of characteristics with Newton) and ``'coeffs'`` (evolves the polynomial
+  coefficients). Degree (2, 1) is exactly the algebraic degree of MP and of the semicircle,
+  so on cases 1-3 this model is well specified; on the NTK it is not. freealg's numba kernels
+  are compiled once beforehand on a tiny problem (untimed; ``freealg_numba_warmup_seconds``
+  in the JSON, ~30-45 s), so the rows time the steady state.
+* ``freealg eigvalsh``: the convenience function ``freealg.eigvalsh(A, size, seed=0)``. It
+  takes the *sample matrix*, not its eigenvalues: it draws its own sub-submatrices
+  (n_s = 80 (1 + ln n) rows, several of them) unless the matrix is smaller than that, fits
+  a Chebyshev series, and returns ``size`` eigenvalues drawn from the decompressed density.
+  Its seconds therefore include its internal eigendecompositions.
+* ``sample (no decompression)``: the sample's own empirical spectral distribution (ESD)
+  scored against the target-size oracle: the error of doing nothing.
+* ``sample vs own law`` (cases 1-3): the sample ESD against the *sample-size* law: the
+  finite-sample noise every method starts from (not a decompression).
+
+freealg methods share one x grid (:func:`eval_grid`): 1000 points over the bulk as moved
+by decompression (mean kept, spread times 1.5 sqrt(alpha)) plus 200 points out to
+1.25 * alpha * max|eig| (where outliers of a low-rank part go). bigspec uses its own grid
+(500 points by default).
+
+Metrics (computed here, independent of ``bigspec.spectrum.metrics``)
+----------------------------------------------------------------
+* ``W1`` = integral over p in (0, 1) of |Q_method(p) - Q_oracle(p)| (quantile functions,
+  midpoint rule on 200000 points). A method's distribution is its continuous density on its
+  grid (negative values clipped to 0, cumulative trapezoid) plus the atoms it reports. If it
+  reports no atom, the oracle has one and the continuous mass is short of 1, the shortfall
+  is put at the oracle's atom (marked ``implied`` in the atom column: freealg models no atom,
+  so this credits it with what it left out); otherwise the distribution is normalised to
+  mass 1 (the continuous mass before that is the ``mass`` column). For eigenvalue outputs
+  (ESD, ``freealg.eigvalsh``) the empirical quantile function is used.
+* ``W1/mean``: W1 over the oracle's mean (for the PSD cases; null for the semicircle).
+* ``L1`` = integral |rho_method - rho_oracle| dx of the continuous parts (atoms excluded;
+  freealg's unclipped density) on a fine common grid; only against an analytic oracle and
+  only for methods that return a density.
+* ``seconds``: ``time.perf_counter`` around the decompression only (for freealg: form
+  construction + fit + decompress; eigenvalues of the sample excluded, except inside
+  ``freealg.eigvalsh`` as said above).
+* For bigspec, ``W1 (own quantile)`` is also computed from ``SpectrumResult.quantile`` as a
+  cross-check of its own CDF/quantile (reported in the JSON, flagged when it disagrees).
+
+If a freealg method takes more than 60 s on a case at alpha 8, it is skipped at alpha 32
+(the row says so). Every freealg call is wrapped in try/except; a failure is recorded as
+``failed: <reason>``. Timings are single runs on whatever machine runs the script; on a
+shared machine they vary by several x from run to run (read them as orders of magnitude).
+
+How to run
+----------
+::
+
+    pip install --no-deps freealg==0.12.2 numba==0.68.1 llvmlite==0.50.0 tqdm colorcet
+    python bench/spectrum.py            # about 3 minutes; writes bench/results/spectrum.{json,md}
+    python bench/spectrum.py --cases mp,wigner --methods bigspec   # a subset
+
+freealg 0.12.2 calls ``numpy.trapz`` (removed in numpy 2.4): the script aliases it to
+``numpy.trapezoid`` before importing freealg. Its ``statsmodels`` requirement is not
+imported by any module it loads and is not needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+
+import numpy as np
+
+if not hasattr(np, "trapz"):  # freealg 0.12.2 still calls numpy.trapz
+    np.trapz = np.trapezoid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+N_P = 200_000  # quantile-integration points
+SLOW_S = 60.0  # a freealg method slower than this at alpha 8 is skipped at alpha 32
+
+
+# -- distributions as quantile functions ----------------------------------------------------
+
+def p_grid(n=N_P):
+    return (np.arange(n) + 0.5) / n
+
+
+def esd_quantile(eigs):
+    """Quantile function of the empirical distribution of ``eigs``."""
+    e = np.sort(np.asarray(eigs, float))
+
+    def q(p):
+        idx = np.clip(np.ceil(np.asarray(p) * len(e)).astype(int) - 1, 0, len(e) - 1)
+        return e[idx]
+
+    return q
+
+
+class GridDistribution:
+    """A distribution given by a density on a grid plus atoms: its CDF and quantile.
+
+    ``truth_atom`` (location, mass) of the oracle: when no atom is reported and the
+    continuous mass is short of 1, the shortfall is placed there (``implied``).
+    """
+
+    def __init__(self, x, rho, atoms=(), truth_atom=None):
+        x = np.asarray(x, float)
+        rho = np.asarray(rho, float)
+        order = np.argsort(x)
+        x, rho = x[order], rho[order]
+        self.n_nan = int(np.count_nonzero(~np.isfinite(rho)))
+        rho = np.nan_to_num(rho, nan=0.0, posinf=0.0, neginf=0.0)
+        self.neg_mass = float(np.trapezoid(np.clip(-rho, 0, None), x))
+        rc = np.clip(rho, 0, None)
+        F = np.concatenate([[0.0], np.cumsum((rc[1:] + rc[:-1]) / 2 * np.diff(x))])
+        self.cont_mass = float(F[-1])
+        atoms = [(float(a), float(m)) for a, m in (atoms or []) if m > 0]
+        self.implied_atom = None
+        total = self.cont_mass + sum(m for _, m in atoms)
+        if not atoms and truth_atom is not None and total < 1 - 1e-3:
+            atoms = [(float(truth_atom[0]), 1.0 - total)]
+            self.implied_atom = atoms[0]
+            total = 1.0
+        self.atoms = atoms
+        self.total_mass = total
+        xs, Fs = list(x), list(F)
+        for a, m in atoms:  # two points per atom: continuous CDF before and after its jump
+            Fa = float(np.interp(a, x, F, left=0.0, right=F[-1]))
+            xs += [a, a]
+            Fs += [Fa, Fa + m]
+        xs, Fs = np.asarray(xs), np.asarray(Fs)
+        for a, m in atoms:  # every point right of an atom carries its mass
+            Fs[xs > a] += m
+        order = np.lexsort((Fs, xs))
+        self.xs, self.Fs = xs[order], np.maximum.accumulate(Fs[order]) / total
+
+    def quantile(self, p):
+        p = np.asarray(p, float)
+        xs, Fs = self.xs, self.Fs
+        i = np.clip(np.searchsorted(Fs, p, side="left"), 1, len(Fs) - 1)
+        F0, F1 = Fs[i - 1], Fs[i]
+        w = np.where(F1 > F0, (p - F0) / np.where(F1 > F0, F1 - F0, 1.0), 1.0)
+        return xs[i - 1] + np.clip(w, 0, 1) * (xs[i] - xs[i - 1])
+
+
+def w1(qa, qb):
+    p = p_grid()
+    return float(np.mean(np.abs(qa(p) - qb(p))))
+
+
+def l1(x, rho, law):
+    """integral |rho - rho_law| on a fine grid (the method's grid + 20001 points on the law's support)."""
+    lo, hi = law.support
+    xs = np.union1d(np.asarray(x, float), np.linspace(lo, hi, 20001))
+    r = np.interp(xs, x, np.nan_to_num(np.asarray(rho, float)), left=0.0, right=0.0)
+    return float(np.trapezoid(np.abs(r - law.density(xs)), xs))
+
+
+def eval_grid(eigs, alpha, n_bulk=1000, n_tail=200):
+    """A data-driven x grid for the decompressed density (freealg needs one)."""
+    e = np.asarray(eigs, float)
+    c = float(e.mean())
+    s = math.sqrt(alpha)
+    lo = c - 1.5 * s * (c - e.min()) - 1e-3 * abs(c)
+    hi = c + 1.5 * s * (e.max() - c) + 1e-3 * abs(c)
+    if e.min() >= 0:
+        lo = max(lo, -0.05 * (hi - c))
+    grid = np.linspace(lo, hi, n_bulk)
+    far = 1.25 * alpha * float(np.abs(e).max())
+    if far > hi:
+        grid = np.union1d(grid, np.linspace(hi, far, n_tail + 1)[1:])
+    if e.min() < 0 and -far < lo:
+        grid = np.union1d(grid, np.linspace(-far, lo, n_tail + 1)[:-1])
+    return grid
+
+
+# -- methods ----------------------------------------------------------------------------------
+
+def _short(e):
+    msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return msg[:200]
+
+
+def score_density(row, x, rho, atoms, oracle):
+    """Fill W1/L1/mass columns of ``row`` from a density-on-grid answer."""
+    truth_atom = oracle.get("atom")
+    gd = GridDistribution(x, rho, atoms, truth_atom)
+    row["w1"] = w1(gd.quantile, oracle["quantile"])
+    row["l1"] = l1(x, rho, oracle["law"]) if oracle.get("law") is not None else None
+    row["cont_mass"] = gd.cont_mass
+    row["neg_mass"] = gd.neg_mass
+    row["nan_points"] = gd.n_nan
+    row["grid_points"] = int(np.size(x))
+    if atoms:
+        row["atoms"] = [[float(a), float(m)] for a, m in atoms]
+        row["atom_mass"] = float(sum(m for _, m in atoms))
+    elif gd.implied_atom is not None:
+        row["atom_mass"] = None
+        row["implied_atom_mass"] = gd.implied_atom[1]
+    else:
+        row["atom_mass"] = 0.0 if truth_atom is not None else None
+    return gd
+
+
+def run_bigspec(eigs, size, oracle):
+    row = {"method": "bigspec"}
+    try:
+        import bigspec
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.perf_counter()
+            res = bigspec.free_decompress(eigs, size)
+            row["seconds"] = time.perf_counter() - t0
+        row["warnings"] = [str(w.message) for w in caught]
+    except Exception as e:  # noqa: BLE001 - a benchmark records failures
+        row["status"] = f"failed: {_short(e)}"
+        row["traceback"] = traceback.format_exc(limit=3)
+        return row
+    row["status"] = "ok"
+    row["reported_seconds"] = getattr(res, "seconds", None)
+    row["support"] = [float(v) for v in res.support] if getattr(res, "support", None) is not None else None
+    for k in ("settings", "diagnostics"):
+        if getattr(res, k, None) is not None:
+            row[k] = getattr(res, k)
+    diag = getattr(res, "diagnostics", None) or {}
+    if "continuous_mass" in diag:  # bigspec rescales its density; this is the mass before that
+        row["raw_cont_mass"] = float(diag["continuous_mass"])
+    atoms = [(float(a), float(m)) for a, m in (res.atoms or [])]
+    score_density(row, res.x, res.density, atoms, oracle)
+    table = getattr(res, "table", None)
+    if table is not None:
+        # a discrete answer (bigspec's large-alpha form for heavy-tailed spectra): its cdf and
+        # quantiles use this table, so it is what is scored; the density grid is kept as a side note
+        v, w = (np.asarray(t, float) for t in table)
+        row["w1_density_grid"] = row["w1"]
+        row["table_points"] = int(v.size)
+        row["table_mass"] = float(w.sum())
+        order = np.argsort(v)
+        v, cw = v[order], np.cumsum(w[order]) / w.sum()
+
+        def q_table(p):
+            return v[np.clip(np.searchsorted(cw, p, side="left"), 0, v.size - 1)]
+
+        row["w1"] = w1(q_table, oracle["quantile"])
+        row["scored"] = "table"
+    # cross-check of bigspec's own quantiles (atoms included) against the ones built here
+    try:
+        own_q = getattr(res, "quantile", None) or res.quantiles
+        row["w1_own_quantile"] = w1(own_q, oracle["quantile"])
+        p = np.linspace(0.0, 1.0, 101)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = np.asarray(res.cdf(np.asarray(res.x)), float)
+        row["own_cdf_range"] = [float(np.nanmin(c)), float(np.nanmax(c))]
+        row["own_cdf_monotone"] = bool(np.all(np.diff(c) >= -1e-12))
+        qv = np.asarray(own_q(p[1:-1]), float)
+        row["own_quantile_nan"] = int(np.count_nonzero(~np.isfinite(qv)))
+    except Exception as e:  # noqa: BLE001
+        row["w1_own_quantile"] = f"failed: {_short(e)}"
+    return row
+
+
+def freeform_settings(kind, pade=(1, 1)):
+    mp_like = kind != "wigner"
+    return {"support": "(eigs.min(), eigs.max())",
+            "fit": {"method": "jacobi", "K": 50, "alpha": 0.5, "beta": 0.5, "projection": "beta",
+                    "kernel_bw": 3e-3 if mp_like else 1e-2, "damp": "jackson",
+                    "continuation": "pade", "pade_p": pade[0], "pade_q": pade[1]},
+            "delta": 1e-4 if mp_like else 1e-6,
+            "decompress": {"method": "newton"}}
+
+
+def run_freeform(eigs, size, oracle, grid, kind, pade=(1, 1)):
+    import freealg
+
+    st = freeform_settings(kind, pade)
+    name = "freealg FreeForm" + ("" if pade == (1, 1) else f" pade({pade[0]},{pade[1]})")
+    row = {"method": name, "settings": st}
+    try:
+        out = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            e = np.asarray(eigs, float)
+            ff = freealg.FreeForm(e, support=(float(e.min()), float(e.max())))
+            ff.delta = st["delta"]  # FreeForm(delta=) does not reach self.delta in 0.12.2
+            ff.fit(**st["fit"])
+            t1 = time.perf_counter()
+            rho, x = ff.decompress(size, x=grid, **st["decompress"])
+            row["seconds"] = time.perf_counter() - t0
+        row["fit_seconds"] = t1 - t0
+        row["support_used"] = [float(v) for v in ff.support]
+    except Exception as e:  # noqa: BLE001
+        row["status"] = f"failed: {_short(e)}"
+        row["seconds"] = time.perf_counter() - t0
+        return row
+    row["status"] = "ok"
+    score_density(row, x, rho, [], oracle)
+    return row
+
+
+def alg_settings(method):
+    return {"fit": {"deg_m": 2, "deg_z": 1}, "decompress": {"method": method, "return_atoms": True}}
+
+
+def run_algebraic(eigs, size, oracle, grid, method="moc"):
+    import freealg
+
+    st = alg_settings(method)
+    row = {"method": f"freealg AlgebraicForm {method}", "settings": st}
+    try:
+        out = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            af = freealg.AlgebraicForm(np.asarray(eigs, float))
+            af.fit(**st["fit"])
+            t1 = time.perf_counter()
+            rho, atoms_t = af.decompress(size, x=grid, **st["decompress"])
+            row["seconds"] = time.perf_counter() - t0
+        row["fit_seconds"] = t1 - t0
+    except Exception as e:  # noqa: BLE001
+        row["status"] = f"failed: {_short(e)}"
+        row["seconds"] = time.perf_counter() - t0
+        return row
+    row["status"] = "ok"
+    # atoms_t: [(loc, weights over the requested sizes)]
+    atoms = []
+    for loc, w in atoms_t or []:
+        w = np.atleast_1d(np.asarray(w, float))
+        atoms.append((float(np.real(loc)), float(w[-1])))
+    score_density(row, grid, np.asarray(rho, float).ravel(), atoms, oracle)
+    return row
+
+
+def run_eigvalsh(matrix, size, oracle):
+    import freealg
+
+    row = {"method": "freealg eigvalsh", "settings": {"call": "freealg.eigvalsh(A_sample, size, seed=0)"}}
+    try:
+        out = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            ev = freealg.eigvalsh(matrix, size, seed=0)
+            row["seconds"] = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001
+        row["status"] = f"failed: {_short(e)}"
+        row["seconds"] = time.perf_counter() - t0
+        return row
+    ev = np.asarray(ev, float)
+    row["status"] = "ok"
+    row["n_eigs"] = int(ev.size)
+    row["nan_points"] = int(np.count_nonzero(~np.isfinite(ev)))
+    ev = ev[np.isfinite(ev)]
+    row["w1"] = w1(esd_quantile(ev), oracle["quantile"]) if ev.size else None
+    row["l1"] = None
+    if oracle.get("atom") is not None:
+        scale = abs(oracle["mean"]) or 1.0
+        row["atom_mass"] = float(np.mean(np.abs(ev - oracle["atom"][0]) <= 1e-6 * scale))
+    return row
+
+
+def baseline_row(method, eigs, oracle, note=None):
+    row = {"method": method, "status": "ok", "seconds": None, "w1": w1(esd_quantile(eigs), oracle["quantile"]),
+           "l1": None}
+    if oracle.get("atom") is not None:
+        scale = abs(oracle["mean"]) or 1.0
+        row["atom_mass"] = float(np.mean(np.abs(np.asarray(eigs) - oracle["atom"][0]) <= 1e-8 * scale))
+    if note:
+        row["note"] = note
+    return row
+
+
+# -- cases ------------------------------------------------------------------------------------
+
+def law_oracle(law):
+    return {"law": law, "quantile": law.quantile, "atom": law.atom, "mean": law.mean,
+            "support": list(law.support), "name": repr(law)}
+
+
+def digits_ntk():
+    from bigspec.demo import digits
+    from bigspec.kernels import ReLU
+
+    X, _ = digits()
+    kern = ReLU(depth=3)
+    K = kern(X, X, diagonal=True)
+    return 0.5 * (K + K.T), kern
+
+
+def run_case(results, case, sample_matrix, eigs, targets, oracle_at, kind, methods, slow, own_law=None):
+    n_s = len(eigs)
+    for size in targets:
+        alpha = size / n_s
+        oracle = oracle_at(size)
+        grid = eval_grid(eigs, alpha)
+        rows = []
+        rows.append(baseline_row("sample (no decompression)", eigs, oracle))
+        if own_law is not None and size == targets[0]:
+            rows.append(baseline_row("sample vs own law", eigs, law_oracle(own_law),
+                                     note=f"sample ESD vs the size-{n_s} law {own_law!r}: finite-sample noise"))
+        if "bigspec" in methods:
+            rows.append(run_bigspec(eigs, size, oracle))
+        runs = [("freealg FreeForm", lambda: run_freeform(eigs, size, oracle, grid, kind))]
+        if kind == "wigner":  # the semicircle's glue is linear (G = -z / s^2): Pade (1, 0) is its exact form
+            runs.append(("freealg FreeForm pade(1,0)", lambda: run_freeform(eigs, size, oracle, grid, kind, (1, 0))))
+        runs += [("freealg AlgebraicForm moc", lambda: run_algebraic(eigs, size, oracle, grid, "moc")),
+                 ("freealg AlgebraicForm coeffs", lambda: run_algebraic(eigs, size, oracle, grid, "coeffs")),
+                 ("freealg eigvalsh", lambda: run_eigvalsh(sample_matrix, size, oracle))]
+        for name, fn in runs:
+            if not any(name.startswith(m) for m in methods):
+                continue
+            if (case, name) in slow:
+                rows.append({"method": name, "status": f"skipped: took {slow[(case, name)]:.0f} s > {SLOW_S:.0f} s "
+                                                       "at the smaller target"})
+                continue
+            r = fn()
+            if r.get("seconds") is not None and r["seconds"] > SLOW_S:
+                slow[(case, name)] = r["seconds"]
+            rows.append(r)
+        for r in rows:
+            r.update({"case": case, "n_sample": n_s, "size": size, "alpha": alpha, "oracle": oracle["name"]})
+            if isinstance(r.get("w1"), float) and oracle["mean"] and kind != "wigner":
+                r["w1_rel"] = r["w1"] / abs(oracle["mean"])
+            results.append(r)
+            print_row(r)
+
+
+METHODS = ("bigspec", "freealg FreeForm", "freealg AlgebraicForm", "freealg eigvalsh")
+
+
+def numba_warmup():
+    """Compile freealg's numba kernels once (untimed): a tiny AlgebraicForm decompression both ways."""
+    import freealg
+    from bigspec.spectrum.laws import Wigner
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        af = freealg.AlgebraicForm(Wigner(1.0).eigenvalues(200, seed=99))
+        af.fit(deg_m=2, deg_z=1)
+        for method in ("coeffs", "moc"):
+            af.decompress(400, x=np.linspace(-3, 3, 20), method=method)
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "spectrum.json"))
+    ap.add_argument("--cases", default="mp,wigner,mp-rank,digits-ntk")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated subset of: " + ", ".join(METHODS))
+    args = ap.parse_args(argv)
+    cases = args.cases.split(",")
+    methods = set(args.methods.split(","))
+
+    import bigspec
+    from bigspec.spectrum.laws import MarchenkoPastur, Wigner
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "bigspec": bigspec.__version__}
+    try:
+        import scipy
+
+        versions["scipy"] = scipy.__version__
+    except ImportError:
+        pass
+    try:
+        import freealg
+
+        versions["freealg"] = freealg.__version__
+    except Exception as e:  # noqa: BLE001
+        versions["freealg"] = f"failed: {_short(e)}"
+        methods -= {m for m in methods if m.startswith("freealg")}
+    if not hasattr(bigspec, "free_decompress") and "bigspec" in methods:
+        print("bigspec.free_decompress is not available: bigspec rows will say failed", file=sys.stderr)
+
+    results, slow, meta_cases = [], {}, {}
+    t_all = time.perf_counter()
+    warmup = None
+    if any(m.startswith("freealg AlgebraicForm") for m in methods):
+        try:
+            warmup = numba_warmup()
+            print(f"freealg numba warm-up (untimed in the rows): {warmup:.1f} s")
+        except Exception as e:  # noqa: BLE001
+            warmup = f"failed: {_short(e)}"
+    print_header()
+    if "mp" in cases:
+        law = MarchenkoPastur(1 / 50)
+        A = law.matrix(1000, seed=1)
+        eigs = np.linalg.eigvalsh(A)
+        meta_cases["mp"] = {"sample": "MarchenkoPastur(1/50).matrix(1000, seed=1)", "targets": [8000, 32000]}
+        run_case(results, "mp", A, eigs, [8000, 32000], lambda n: law_oracle(law.decompress(n / 1000)), "mp",
+                 methods, slow, own_law=law)
+    if "wigner" in cases:
+        law = Wigner(1.0)
+        A = law.matrix(1000, seed=2)
+        eigs = np.linalg.eigvalsh(A)
+        meta_cases["wigner"] = {"sample": "Wigner(1).matrix(1000, seed=2)", "targets": [8000, 32000]}
+        run_case(results, "wigner", A, eigs, [8000, 32000], lambda n: law_oracle(law.decompress(n / 1000)),
+                 "wigner", methods, slow, own_law=law)
+    if "mp-rank" in cases:
+        law = MarchenkoPastur(0.5)
+        A = law.matrix(1000, seed=3)
+        eigs = np.linalg.eigvalsh(A)
+        meta_cases["mp-rank"] = {"sample": "MarchenkoPastur(0.5).matrix(1000, seed=3)", "targets": [4000],
+                                 "oracle_atom": list(law.decompress(4).atom)}
+        run_case(results, "mp-rank", A, eigs, [4000], lambda n: law_oracle(law.decompress(n / 1000)), "mp",
+                 methods, slow, own_law=law)
+    if "digits-ntk" in cases:
+        t0 = time.perf_counter()
+        K, kern = digits_ntk()
+        full = np.linalg.eigvalsh(K)
+        n = K.shape[0]
+        idx = np.sort(np.random.default_rng(4).permutation(n)[: n // 8])
+        Ks = K[np.ix_(idx, idx)]
+        eigs = np.linalg.eigvalsh(Ks)
+        oracle = {"law": None, "quantile": esd_quantile(full), "atom": None, "mean": float(full.mean()),
+                  "name": f"eigvalsh of the full {n}x{n} NTK"}
+        meta_cases["digits-ntk"] = {
+            "kernel": repr(kern), "data": "bigspec.demo.digits() (1797 x 64, pixels / 16)", "n": n,
+            "sample": f"principal submatrix of size {n // 8}, default_rng(4).permutation(n)[:{n // 8}]",
+            "full_eig_min_max": [float(full.min()), float(full.max())], "full_mean": float(full.mean()),
+            "full_top_eig_fraction_of_trace": float(full.max() / full.sum()),
+            "sample_eig_min_max": [float(eigs.min()), float(eigs.max())],
+            "build_seconds": time.perf_counter() - t0}
+        run_case(results, "digits-ntk", Ks, eigs, [n], lambda _n: oracle, "mp", methods, slow)
+
+    total = time.perf_counter() - t_all
+    doc = {"benchmark": "bench/spectrum.py", "versions": versions, "machine": platform.platform(),
+           "cpus": os.cpu_count(), "total_seconds": total, "freealg_numba_warmup_seconds": warmup,
+           "cases": meta_cases,
+           "settings": {"freealg FreeForm (mp-like)": freeform_settings("mp"),
+                        "freealg FreeForm (wigner)": freeform_settings("wigner"),
+                        "freealg FreeForm pade(1,0) (wigner)": freeform_settings("wigner", (1, 0)),
+                        "freealg AlgebraicForm moc": alg_settings("moc"),
+                        "freealg AlgebraicForm coeffs": alg_settings("coeffs"),
+                        "freealg eigvalsh": "freealg.eigvalsh(A_sample, size, seed=0)",
+                        "bigspec": "bigspec.free_decompress(eigs, size) (defaults)",
+                        "w1_points": N_P, "slow_skip_seconds": SLOW_S},
+           "results": results}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1, default=_json_default)
+    md = os.path.splitext(args.out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(markdown_table(results, versions, total))
+    print(f"\ntotal {total:.1f} s; wrote {args.out} and {md}")
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+COLS = ("case", "size", "method", "W1", "W1/mean", "L1", "atom", "mass", "seconds", "status")
+
+
+def _fmt(v, spec=".3e"):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return format(v, spec)
+
+
+def _cells(r):
+    atom = "-"
+    if r.get("atom_mass") is not None:
+        atom = _fmt(r["atom_mass"], ".4f")
+    elif r.get("implied_atom_mass") is not None:
+        atom = f"({r['implied_atom_mass']:.4f} implied)"
+    status = r.get("status", "")
+    return [r["case"], str(r["size"]), r["method"], _fmt(r.get("w1")), _fmt(r.get("w1_rel"), ".2%"),
+            _fmt(r.get("l1")), atom, _fmt(r.get("raw_cont_mass", r.get("cont_mass")), ".4f"), _fmt(r.get("seconds"), ".2f"),
+            "ok" if status == "ok" else status]
+
+
+WIDTHS = (10, 6, 29, 10, 8, 10, 18, 7, 8, 20)
+
+
+def print_header():
+    print("  ".join(c.ljust(w) for c, w in zip(COLS, WIDTHS)))
+
+
+def print_row(r):
+    print("  ".join(c.ljust(w) for c, w in zip(_cells(r), WIDTHS)), flush=True)
+
+
+def markdown_table(results, versions, total):
+    lines = ["# Free decompression: bigspec vs freealg", "",
+             "Written by `python bench/spectrum.py` (see its docstring for the cases, settings and metrics). "
+             + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; total {total:.0f} s.", "",
+             "| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
+    for r in results:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
+    lines += ["", "W1: Wasserstein-1 to the oracle at the target size; W1/mean: relative to the oracle's mean; "
+              "L1: of the continuous densities; atom: mass of the atom reported (implied: freealg reports none, "
+              "the missing continuous mass is put at the oracle's atom); mass: continuous mass of the density "
+              "before normalisation; seconds: the decompression call only.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
