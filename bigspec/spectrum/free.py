@@ -62,22 +62,24 @@ def _design(x, poles, linear):
 
 
 def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300,
-             interior: float = 0.7) -> Glue:
-    """Fit G = 2H on the support's interior: ``c [+ D z] [+ r / (z - a)]``.
+             interior: float = 0.97, weight_power: float = 2.0) -> Glue:
+    """Fit G = 2H on the support: ``c [+ D z] [+ r / (z - a)]``.
 
-    ``side`` is 0 (no pole), -1 (a pole left of the support) or +1 (right). The edges are
-    left out of the fit (``|t| > interior``): there the sample's density is least certain
-    (0.7 was best on Marchenko-Pastur and Wigner samples against 0.6-0.98).
+    ``side`` is 0 (no pole), -1 (a pole left of the support) or +1 (right). Residuals are
+    weighted by ``(1 - t^2)^weight_power``: near the edges the sample's density is least
+    certain (weights 0, 1, 2, 4 and unweighted fits on the inner 60-98% were compared on
+    Marchenko-Pastur and Wigner samples; power 2 gave the best atom masses at equal W1).
     """
     lo, hi, h = rho.lo, rho.hi, rho.span / 2
     t = np.cos((np.arange(n_points) + 0.5) * np.pi / n_points) * interior
     x = (lo + hi) / 2 + h * t
     y = 2 * rho.hilbert(x)
+    weights = (1 - t * t) ** weight_power
 
     def solve(poles):
         A = _design(x, poles, linear)
-        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-        return coef, y - A @ coef
+        coef, *_ = np.linalg.lstsq(A * weights[:, None], y * weights, rcond=None)
+        return coef, (y - A @ coef) * weights
 
     poles = []
     if side:
