@@ -25,7 +25,6 @@ import time
 import warnings
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from ..errors import BigspecError
 from .chebyshev import DAMPING, ChebyshevDensity
@@ -70,6 +69,8 @@ def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300
     certain (weights 0, 1, 2, 4 and unweighted fits on the inner 60-98% were compared on
     Marchenko-Pastur and Wigner samples; power 2 gave the best atom masses at equal W1).
     """
+    from scipy.optimize import least_squares  # here, not at import: scipy.optimize costs ~0.5 s
+
     lo, hi, h = rho.lo, rho.hi, rho.span / 2
     t = np.cos((np.arange(n_points) + 0.5) * np.pi / n_points) * interior
     x = (lo + hi) / 2 + h * t
@@ -129,15 +130,6 @@ class Sheets:
         self.rho, self.glue = rho, glue
         self.atom = atom  # (location, mass) or None
         self.weight = 1.0 - (atom[1] if atom else 0.0)
-
-    def principal(self, z, derivative=False):
-        m, dm = self.rho.stieltjes(z, derivative=True)
-        m, dm = self.weight * m, self.weight * dm
-        if self.atom:
-            loc, mass = self.atom
-            m = m + mass / (loc - z)
-            dm = dm + mass / (loc - z) ** 2
-        return (m, dm) if derivative else m
 
     def __call__(self, z):
         """(m, dm/dz) on m_II: the principal sheet for Im z >= 0, the continuation below."""
@@ -218,7 +210,6 @@ def solve_characteristics(sheets: Sheets, x, alpha: float, delta: float, steps: 
                 lam = np.where(worse, lam / 2, lam)
             z0[idx], m[idx], dm[idx], F[idx] = trial, mt, dmt, Ft
             active[idx] = np.abs(lam * step) > tol * scale
-    m, _ = sheets(z0)
     residual = np.abs(z0 + (1 - alpha) / m - (x + 1j * delta)) / scale
     return m / alpha, residual, residual < 1e-8
 

@@ -154,10 +154,15 @@ class Wigner(Law):
         return Wigner(alpha * self.variance_, self.center)
 
     def mean_log_abs(self) -> float:
-        """E log|x| (for ``center = 0``): ``log(r / 2) - 1/2``."""
-        if self.center != 0:
-            raise NotImplementedError("closed form only for center = 0")
-        return math.log(self.radius / 2) - 0.5
+        """E log|x|: ``log(r / 2) - 1/2`` for ``center = 0``, else by quadrature."""
+        if self.center == 0:
+            return math.log(self.radius / 2) - 0.5
+        from scipy import integrate
+
+        lo, hi = self.support
+        inner = [0.0] if lo < 0 < hi else None
+        return integrate.quad(lambda x: math.log(abs(x)) * float(self._density(np.array(x))), lo, hi,
+                              points=inner, limit=200)[0]
 
     def matrix(self, n: int, seed=None) -> np.ndarray:
         """A GOE matrix scaled so that its spectrum tends to this law."""

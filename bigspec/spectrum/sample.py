@@ -8,7 +8,7 @@ never formed.
 
 from __future__ import annotations
 
-import logging
+import inspect
 import warnings
 
 import numpy as np
@@ -16,8 +16,6 @@ import numpy as np
 from ..backend import check_device, get_namespace, to_host
 from ..errors import InvalidMatrixError
 from .free import InvalidSpectrumError, free_decompress
-
-logger = logging.getLogger(__name__)
 
 
 def _eigvalsh_block(block, device: str) -> np.ndarray:
@@ -145,7 +143,9 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                            seed=seed, source=source, **options)
 
 
-_DECOMPRESS_OPTIONS = {"support", "degree", "damping", "glue", "grid", "delta", "atom_tol", "regime"}
+# options of free_decompress that spectrum() passes through (the rest go to the kernel)
+_DECOMPRESS_OPTIONS = set(inspect.signature(free_decompress).parameters) - {"eigenvalues", "size", "sample_size",
+                                                                            "seed", "source"}
 
 
 def _sample_size(sample_size, n, n_samples):
