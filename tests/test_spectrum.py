@@ -101,6 +101,22 @@ def test_wigner_decompresses_to_the_wider_semicircle(alpha):
     assert r.diagnostics["converged_fraction"] == 1.0
 
 
+@pytest.mark.parametrize("seed", [100, 42])
+def test_glue_is_not_fooled_by_sample_noise(seed):
+    # on these GOE samples a far pole (pole-left) halves the linear glue's residual by fitting
+    # the sample's own fluctuation; taken as the glue it bends the 32x semicircle (W1 0.095 at seed 100)
+    law = Wigner(1.0)
+    r = free_decompress(law.eigenvalues(1000, seed=seed), size=32_000)
+    rms = r.diagnostics["glue_rms_by_model"]
+    assert rms["linear"] > 1.2 * min(rms.values())  # the noise really does favour a pole here
+    assert r.settings["glue"] == "linear"
+    assert wasserstein1(r, law.decompress(32)) < 0.01 * np.sqrt(32)
+    # a real pole (Marchenko-Pastur's at 0) still wins by far
+    mp = free_decompress(MarchenkoPastur(1 / 50).eigenvalues(1000, seed=seed), size=32_000)
+    assert mp.settings["glue"] == "pole-left"
+    assert abs(mp.diagnostics["glue"]["poles"][0]) < 0.05
+
+
 @pytest.mark.parametrize("ratio,alpha,w1,l1_max", [(1 / 50, 8, 0.005, 0.03), (1 / 50, 32, 0.012, 0.08),
                                                     (0.1, 8, 0.01, 0.05)])
 def test_marchenko_pastur_decompresses_to_the_larger_ratio(ratio, alpha, w1, l1_max):
@@ -128,11 +144,17 @@ def test_support_changes_shape_and_an_atom_appears():
     assert l1(r, target) < 0.03
 
 
-def test_rank_deficient_sample_keeps_its_rank():
+@pytest.mark.parametrize("alpha", [4, 8])
+def test_rank_deficient_sample_keeps_its_rank(alpha):
     law = MarchenkoPastur(2.0)  # half the sample's eigenvalues are 0
-    r = free_decompress(law.eigenvalues(1000, seed=5), size=4000)
-    assert r.atoms[0] == pytest.approx((0.0, 1 - 0.5 / 4), abs=1e-3)
-    # the continuous part is only approximate here (some mass leaks toward the atom)
+    r = free_decompress(law.eigenvalues(1000, seed=5), size=1000 * alpha)
+    target = law.decompress(alpha)  # ratio 2 alpha: atom 1 - 1 / (2 alpha), bulk on (1 +- sqrt(2 alpha))^2
+    assert r.atoms == [pytest.approx((0.0, 1 - 0.5 / alpha), abs=1e-9)]
+    # the continuous part too: the glue carries the atom's pole at 0 as known (m_II is regular there)
+    assert wasserstein1(r, target) < 0.02
+    assert l1(r, target) < 0.01
+    assert r.support == pytest.approx(target.support, rel=0.03)
+    assert r.diagnostics["converged_fraction"] == 1.0
 
 
 def test_against_eigvalsh_of_an_actual_full_matrix():
