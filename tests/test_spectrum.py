@@ -113,12 +113,38 @@ def test_glue_is_not_fooled_by_sample_noise(seed):
     assert wasserstein1(r, law.decompress(32)) < 0.01 * np.sqrt(32)
     # a real pole (Marchenko-Pastur's at 0) still wins by far
     mp = free_decompress(MarchenkoPastur(1 / 50).eigenvalues(1000, seed=seed), size=32_000)
-    assert mp.settings["glue"] == "pole-left"
+    assert mp.settings["glue"] in ("pole-left", "pole-at-0")
     assert abs(mp.diagnostics["glue"]["poles"][0]) < 0.05
 
 
-@pytest.mark.parametrize("ratio,alpha,w1,l1_max", [(1 / 50, 8, 0.005, 0.03), (1 / 50, 32, 0.012, 0.08),
-                                                    (0.1, 8, 0.01, 0.05)])
+@pytest.mark.parametrize("ratio", [1 / 50, 0.3])
+def test_glue_of_an_exact_marchenko_pastur_sample_is_its_own(ratio):
+    # MP's glue is m_I + m_II = -1 / ratio + (1 - ratio) / (ratio z) (variance 1). Fitted to the
+    # undamped series it is exact; the Jackson-damped series would be off by ~1.5% at K = 16
+    law = MarchenkoPastur(ratio)
+    sample = law.quantile((np.arange(4000) + 0.5) / 4000)  # the law itself, no sampling noise
+    for glue in ("pole-left", "auto"):
+        g = free_decompress(sample, size=8000, glue=glue).diagnostics["glue"]
+        assert g["c"] == pytest.approx(-1 / ratio, rel=2e-3)
+        assert g["residues"][0] == pytest.approx((1 - ratio) / ratio, rel=2e-3)
+        assert abs(g["poles"][0]) < 2e-3 * (law.support[1] - law.support[0])
+
+
+def test_pole_fixed_at_zero_only_where_the_rank_boundary_is():
+    eig = MarchenkoPastur(1 / 50).eigenvalues(1000, seed=7)
+    assert free_decompress(eig, size=32_000).settings["glue"] == "pole-at-0"
+    # the same spectrum shifted by +1 (a ridge): its pole moves to +1, and fixing it at 0 would be wrong
+    shifted = free_decompress(eig + 1.0, size=32_000)
+    assert shifted.settings["glue"] == "pole-left"
+    assert shifted.diagnostics["glue"]["poles"][0] == pytest.approx(1.0, abs=0.1)
+    target = MarchenkoPastur(1 / 50).decompress(32)
+    assert shifted.mean == pytest.approx(target.mean + 1.0, rel=0.01)
+    # and a GOE spectrum (not positive) never gets it
+    assert free_decompress(Wigner(1.0).eigenvalues(1000, seed=7) + 10.0, size=8000).settings["glue"] == "linear"
+
+
+@pytest.mark.parametrize("ratio,alpha,w1,l1_max", [(1 / 50, 8, 0.003, 0.01), (1 / 50, 32, 0.005, 0.015),
+                                                    (0.1, 8, 0.005, 0.03)])
 def test_marchenko_pastur_decompresses_to_the_larger_ratio(ratio, alpha, w1, l1_max):
     law = MarchenkoPastur(ratio)
     eig = law.eigenvalues(1000, seed=2)

@@ -7,9 +7,10 @@ Steps (science.md section 3), each with a closed form where one exists:
    (:mod:`bigspec.spectrum.chebyshev`), so its Stieltjes transform m_I and its Hilbert
    transform are exact;
 3. the glue G = m_I + m_II, analytic across the support, is fitted on the support by
-   ``c + D z + sum_j r_j / (z - a_j)`` with real poles outside it (variable projection,
-   the number of poles chosen by the fit); the secondary branch is
-   ``m_II(z) = G(z) - conj(m_I(conj z))`` below the real axis;
+   ``c [+ D z] [+ r / (z - a)]`` with a real pole outside it (variable projection; the
+   simplest model within 3x of the best residual); the secondary branch is
+   ``m_II(z) = G(z) - conj(m_I(conj z))`` below the real axis. A sample atom is a pole of
+   m_I only, so its pole in the glue of the continuous part is known and not fitted;
 4. for every grid point x the characteristic equation ``z0 + (1 - alpha) / m(z0) = x + i delta``
    is solved by Newton with the analytic derivative, continued in alpha from 1 (where
    z0 = x) with warm starts, and the density is ``Im m(z0) / (alpha pi)``;
@@ -61,10 +62,11 @@ def _design(x, poles, linear):
 
 
 def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300,
-             interior: float = 0.97, weight_power: float = 2.0, known=None) -> Glue:
+             interior: float = 0.97, weight_power: float = 2.0, known=None, pole=None) -> Glue:
     """Fit G = 2H on the support: ``c [+ D z] [+ r / (z - a)]`` (plus ``known(x)`` if given).
 
-    ``side`` is 0 (no pole), -1 (a pole left of the support) or +1 (right). Residuals are
+    ``side`` is 0 (no pole), -1 (a pole left of the support) or +1 (right); ``pole`` fixes
+    its position instead of fitting it. Residuals are
     weighted by ``(1 - t^2)^weight_power``: near the edges the sample's density is least
     certain (weights 0, 1, 2, 4 and unweighted fits on the inner 60-98% were compared on
     Marchenko-Pastur and Wigner samples; power 2 gave the best atom masses at equal W1).
@@ -82,8 +84,8 @@ def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300
         coef, *_ = np.linalg.lstsq(A * weights[:, None], y * weights, rcond=None)
         return coef, (y - A @ coef) * weights
 
-    poles = []
-    if side:
+    poles = [] if pole is None else [float(pole)]
+    if side and pole is None:
         # pole at distance h e^s from the near edge, at least 2% of the half-span away
         def pole(s):
             return lo - h * np.exp(s[0]) if side < 0 else hi + h * np.exp(s[0])
@@ -106,14 +108,27 @@ GLUE_MODELS = {  # name: (pole side, linear term)
 
 
 GLUE_TOLERANCE = 3.0  # see choose_glue
+POLE_AT_0_TOLERANCE = 1.3
 
 
-def choose_glue(rho: ChebyshevDensity, models="auto", known=None) -> tuple[str, Glue, dict]:
-    """Fit the candidate glue models and pick the simplest that fits (see below)."""
-    names = ["linear", "pole-left", "pole-right"] if models == "auto" else [models]
+def choose_glue(rho: ChebyshevDensity, models="auto", known=None, psd=False,
+                fit_to: ChebyshevDensity | None = None) -> tuple[str, Glue, dict]:
+    """Fit the candidate glue models and pick the simplest that fits (see below).
+
+    ``psd``: the sample is positive semidefinite, so a pole left of it may be the rank
+    boundary at exactly 0 (see ``pole-at-0``). ``fit_to``: the series whose Hilbert transform
+    the chosen model's parameters are fitted to (default ``rho``). The model is chosen on the
+    damped ``rho``, whose smooth Hilbert transform makes residual ratios measure misfit; its
+    parameters are best fitted to the undamped series: Jackson damping shrinks the low
+    coefficients by 1 - g_k (1.5% for k = 1 at K = 16), which on a perfect MP(1/50) sample
+    moves the pole by 0.013 and costs L1 0.017 at 32x, while a 2-3 parameter fit averages the
+    undamped series' ringing out.
+    """
+    names = ["linear", "pole-left", "pole-right"] if models == "auto" else \
+        ["pole-left"] if models == "pole-at-0" else [models]
     for name in names:
         if name not in GLUE_MODELS:
-            raise ValueError(f"unknown glue model {name!r}; use 'auto' or one of {sorted(GLUE_MODELS)}")
+            raise ValueError(f"unknown glue model {name!r}; use 'auto', 'pole-at-0' or one of {sorted(GLUE_MODELS)}")
     fits = {name: fit_glue(rho, *GLUE_MODELS[name], known=known) for name in names}
     best = min(g.rms for g in fits.values())
     # the simplest model (fewest parameters) within a factor 3 of the best residual: the glue is
@@ -122,7 +137,21 @@ def choose_glue(rho: ChebyshevDensity, models="auto", known=None) -> tuple[str, 
     # most 2.1x; on Marchenko-Pastur samples (ratio 0.005-0.5), where the pole is real, by 6-38x.
     n_params = {name: 1 + GLUE_MODELS[name][1] + 2 * bool(GLUE_MODELS[name][0]) for name in names}
     chosen = next(name for name in sorted(names, key=lambda k: n_params[k]) if fits[name].rms <= GLUE_TOLERANCE * best)
-    return chosen, fits[chosen], {name: fits[name].rms for name in names}
+    if models == "pole-at-0" or (models == "auto" and psd and chosen == "pole-left" and rho.lo > 0):
+        # Marchenko-Pastur's glue is c + r / z: for a Gram or covariance matrix the pole sits at
+        # the rank boundary, exactly 0. Its fitted position wanders (+-0.03 on 1000-row MP(1/50)
+        # samples, which sets most of the error at 32x), so it is fixed at 0 wherever that costs
+        # under 30% in residual (1.0-1.2x on those samples; 1.5-1.8x on MP(0.5) samples, whose
+        # edge is close enough to the pole to place it; far more for shifted spectra).
+        at0 = fit_glue(rho, -1, False, known=known, pole=0.0)
+        fits["pole-at-0"] = at0
+        if models == "pole-at-0" or at0.rms <= POLE_AT_0_TOLERANCE * fits[chosen].rms:
+            chosen = "pole-at-0"
+    rms = {name: fit.rms for name, fit in fits.items()}
+    if fit_to is None:
+        return chosen, fits[chosen], rms
+    side, linear = GLUE_MODELS["pole-left" if chosen == "pole-at-0" else chosen]
+    return chosen, fit_glue(fit_to, side, linear, known=known, pole=0.0 if chosen == "pole-at-0" else None), rms
 
 
 # -- the two sheets -----------------------------------------------------------------------
@@ -286,9 +315,11 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         pooled eigenvalues).
     damping : {"jackson", "fejer", "lanczos", "none"}
         Damping of the Chebyshev series (Jackson keeps it positive).
-    glue : {"auto", "linear", "pole-left", "pole-right", "linear+pole-left", "linear+pole-right"}
+    glue : {"auto", "linear", "pole-left", "pole-right", "pole-at-0", "linear+pole-left", "linear+pole-right"}
         Rational model of the glue function that continues the Stieltjes transform through
-        the support; ``"auto"`` picks by BIC.
+        the support. ``"auto"`` takes the simplest of linear / pole-left / pole-right within
+        3x of the best residual, and for a positive semidefinite sample fixes a left pole at 0
+        when that costs under 30% in residual (see :func:`choose_glue`).
     grid : int or array
         Number of grid points on the decompressed support, or the grid itself.
     delta : float
@@ -364,7 +395,8 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
             raise ValueError(f"support must be (lo, hi) with lo < hi, got {support!r}")
     if degree is None:
         degree = int(np.clip(np.sqrt(cont.size) / 2, 16, 60))
-    rho = ChebyshevDensity.from_samples(cont, lo, hi, int(degree), damping)
+    raw = ChebyshevDensity.from_samples(cont, lo, hi, int(degree), "none")
+    rho = ChebyshevDensity(lo, hi, raw.coef * DAMPING[damping](int(degree)))
     if cont.min() > 0 and cont.max() / cont.min() > 1e3:
         warn.append("the spectrum spans more than 3 decades: the density near the lower edge is not resolved on "
                     "a linear scale; trust the large eigenvalues and the moments, or use regime='heavy-tailed'")
@@ -372,7 +404,8 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         warn.append(f"alpha = {alpha:.3g} > 64: errors grow polynomially with n / n_s; sample larger submatrices")
 
     # 3. glue and sheets
-    glue_name, g, glue_rms = choose_glue(rho, glue, known=Sheets.atom_pole(atom))
+    glue_name, g, glue_rms = choose_glue(rho, glue, known=Sheets.atom_pole(atom), psd=cont.min() >= -1e-9 * scale,
+                                       fit_to=raw)
     sheets = Sheets(rho, g, atom)
 
     # 4. a coarse pass finds the new support, then the fine grid
