@@ -109,6 +109,7 @@ GLUE_MODELS = {  # name: (pole side, linear term)
 
 GLUE_TOLERANCE = 3.0  # see choose_glue
 POLE_AT_0_TOLERANCE = 1.3
+POLE_AT_0_DISTANCE = 0.15
 
 
 def choose_glue(rho: ChebyshevDensity, models="auto", known=None, psd=False,
@@ -139,19 +140,22 @@ def choose_glue(rho: ChebyshevDensity, models="auto", known=None, psd=False,
     chosen = next(name for name in sorted(names, key=lambda k: n_params[k]) if fits[name].rms <= GLUE_TOLERANCE * best)
     if models == "pole-at-0" or (models == "auto" and psd and chosen == "pole-left" and rho.lo > 0):
         # Marchenko-Pastur's glue is c + r / z: for a Gram or covariance matrix the pole sits at
-        # the rank boundary, exactly 0. Its fitted position wanders (+-0.03 on 1000-row MP(1/50)
-        # samples, which sets most of the error at 32x), so it is fixed at 0 wherever that costs
-        # under 30% in residual (1.0-1.2x on those samples; 1.5-1.8x on MP(0.5) samples, whose
-        # edge is close enough to the pole to place it; far more for shifted spectra).
-        at0 = fit_glue(rho, -1, False, known=known, pole=0.0)
+        # the rank boundary, exactly 0, and a free fit only finds it to +-7% of its distance from
+        # the support (1000-row MP(1/50) samples), which sets most of the error at 32x. So it is
+        # fixed at 0 where the unbiased (undamped) fit puts it within 15% of that distance (at
+        # most 7% on MP(1/50) and 11% on MP(0.5) samples; 16-26% for the same spectra shifted by
+        # 0.2) at under 30% cost in residual.
+        base = fit_to or rho
+        free = fit_glue(base, -1, False, known=known)
+        at0 = fit_glue(base, -1, False, known=known, pole=0.0)
         fits["pole-at-0"] = at0
-        if models == "pole-at-0" or at0.rms <= POLE_AT_0_TOLERANCE * fits[chosen].rms:
+        if models == "pole-at-0" or (abs(free.poles[0]) <= POLE_AT_0_DISTANCE * rho.lo
+                                     and at0.rms <= POLE_AT_0_TOLERANCE * free.rms):
             chosen = "pole-at-0"
-    rms = {name: fit.rms for name, fit in fits.items()}
-    if fit_to is None:
+    rms = {name: fit.rms for name, fit in fits.items()}  # pole-at-0's on the undamped series
+    if chosen == "pole-at-0" or fit_to is None:
         return chosen, fits[chosen], rms
-    side, linear = GLUE_MODELS["pole-left" if chosen == "pole-at-0" else chosen]
-    return chosen, fit_glue(fit_to, side, linear, known=known, pole=0.0 if chosen == "pole-at-0" else None), rms
+    return chosen, fit_glue(fit_to, *GLUE_MODELS[chosen], known=known), rms
 
 
 # -- the two sheets -----------------------------------------------------------------------
