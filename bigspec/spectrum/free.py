@@ -99,6 +99,7 @@ def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300
 
 
 GLUE_MODELS = {  # name: (pole side, linear term)
+    "constant": (0, False),  # e.g. the continuous part of a rank-deficient MP sample, past its known pole
     "linear": (0, True),
     "pole-left": (-1, False),
     "pole-right": (1, False),
@@ -125,7 +126,7 @@ def choose_glue(rho: ChebyshevDensity, models="auto", known=None, psd=False,
     moves the pole by 0.013 and costs L1 0.017 at 32x, while a 2-3 parameter fit averages the
     undamped series' ringing out.
     """
-    names = ["linear", "pole-left", "pole-right"] if models == "auto" else \
+    names = ["constant", "linear", "pole-left", "pole-right"] if models == "auto" else \
         ["pole-left"] if models == "pole-at-0" else [models]
     for name in names:
         if name not in GLUE_MODELS:
@@ -319,9 +320,9 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         pooled eigenvalues).
     damping : {"jackson", "fejer", "lanczos", "none"}
         Damping of the Chebyshev series (Jackson keeps it positive).
-    glue : {"auto", "linear", "pole-left", "pole-right", "pole-at-0", "linear+pole-left", "linear+pole-right"}
+    glue : {"auto", "constant", "linear", "pole-left", "pole-right", "pole-at-0", "linear+pole-left", "linear+pole-right"}
         Rational model of the glue function that continues the Stieltjes transform through
-        the support. ``"auto"`` takes the simplest of linear / pole-left / pole-right within
+        the support. ``"auto"`` takes the simplest of constant / linear / pole-left / pole-right within
         3x of the best residual, and for a positive semidefinite sample fixes a left pole at 0
         when that costs under 30% in residual (see :func:`choose_glue`).
     grid : int or array
