@@ -62,14 +62,14 @@ def _design(x, poles, linear):
 
 
 def fit_glue(rho: ChebyshevDensity, side: int, linear: bool, n_points: int = 300,
-             interior: float = 0.97, weight_power: float = 2.0, known=None, pole=None) -> Glue:
+             interior: float = 0.97, weight_power: float = 1.0, known=None, pole=None) -> Glue:
     """Fit G = 2H on the support: ``c [+ D z] [+ r / (z - a)]`` (plus ``known(x)`` if given).
 
     ``side`` is 0 (no pole), -1 (a pole left of the support) or +1 (right); ``pole`` fixes
     its position instead of fitting it. Residuals are
     weighted by ``(1 - t^2)^weight_power``: near the edges the sample's density is least
-    certain (weights 0, 1, 2, 4 and unweighted fits on the inner 60-98% were compared on
-    Marchenko-Pastur and Wigner samples; power 2 gave the best atom masses at equal W1).
+    certain (powers 0, 0.5, 1, 2, 3 were compared over 7 samples each of MP(1/50) at 8x and
+    32x, GOE at 8x and 32x, and MP(0.5) at 4x; power 1 gave the lowest mean L1 on every case).
     """
     from scipy.optimize import least_squares  # here, not at import: scipy.optimize costs ~0.5 s
 
@@ -135,17 +135,18 @@ def choose_glue(rho: ChebyshevDensity, models="auto", known=None, psd=False,
     best = min(g.rms for g in fits.values())
     # the simplest model (fewest parameters) within a factor 3 of the best residual: the glue is
     # an extrapolation, and extra parameters fitted to noise on the support extrapolate badly.
-    # On 160 GOE samples of 300-3000 rows a (spurious) pole cut the linear fit's residual by at
-    # most 2.1x; on Marchenko-Pastur samples (ratio 0.005-0.5), where the pole is real, by 6-38x.
+    # On 140 GOE samples of 300 and 1000 rows a (spurious) pole cut the linear fit's residual by
+    # at most 1.8x; on 40 Marchenko-Pastur samples (ratio 0.005, 0.02), where the pole is real,
+    # by 7.6-35x.
     n_params = {name: 1 + GLUE_MODELS[name][1] + 2 * bool(GLUE_MODELS[name][0]) for name in names}
     chosen = next(name for name in sorted(names, key=lambda k: n_params[k]) if fits[name].rms <= GLUE_TOLERANCE * best)
     if models == "pole-at-0" or (models == "auto" and psd and chosen == "pole-left" and rho.lo > 0):
         # Marchenko-Pastur's glue is c + r / z: for a Gram or covariance matrix the pole sits at
-        # the rank boundary, exactly 0, and a free fit only finds it to +-7% of its distance from
+        # the rank boundary, exactly 0, and a free fit only finds it to +-6% of its distance from
         # the support (1000-row MP(1/50) samples), which sets most of the error at 32x. So it is
         # fixed at 0 where the unbiased (undamped) fit puts it within 15% of that distance (at
-        # most 7% on MP(1/50) and 11% on MP(0.5) samples; 16-26% for the same spectra shifted by
-        # 0.2) at under 30% cost in residual.
+        # most 6% on MP(1/50) and 4% on MP(0.5) samples; 17-25% for MP(1/50) shifted by 0.2)
+        # at under 30% cost in residual.
         base = fit_to or rho
         free = fit_glue(base, -1, False, known=known)
         at0 = fit_glue(base, -1, False, known=known, pole=0.0)
