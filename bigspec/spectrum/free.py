@@ -8,9 +8,11 @@ Steps (science.md section 3), each with a closed form where one exists:
    transform are exact;
 3. the glue G = m_I + m_II, analytic across the support, is fitted on the support by
    ``c [+ D z] [+ r / (z - a)]`` with a real pole outside it (variable projection; the
-   simplest model within 3x of the best residual); the secondary branch is
-   ``m_II(z) = G(z) - conj(m_I(conj z))`` below the real axis. A sample atom is a pole of
-   m_I only, so its pole in the glue of the continuous part is known and not fitted;
+   simplest model within 3x of the best residual, its parameters fitted to the undamped
+   series; for a positive semidefinite sample a left pole is fixed at the rank boundary 0
+   where the data allow); the secondary branch is ``m_II(z) = G(z) - conj(m_I(conj z))``
+   below the real axis. A sample atom is a pole of m_I only, so its pole in the glue of the
+   continuous part is known and not fitted;
 4. for every grid point x the characteristic equation ``z0 + (1 - alpha) / m(z0) = x + i delta``
    is solved by Newton with the analytic derivative, continued in alpha from 1 (where
    z0 = x) with warm starts, and the density is ``Im m(z0) / (alpha pi)``;
