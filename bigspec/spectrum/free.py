@@ -150,7 +150,7 @@ def choose_glue(rho: ChebyshevDensity, models="auto", known=None, psd=False,
         # most 6% on MP(1/50) and 4% on MP(0.5) samples; 17-25% for MP(1/50) shifted by 0.2)
         # at under 30% cost in residual.
         base = fit_to or rho
-        free = fit_glue(base, -1, False, known=known)
+        free = fits["pole-left"] if base is rho else fit_glue(base, -1, False, known=known)
         at0 = fit_glue(base, -1, False, known=known, pole=0.0)
         fits["pole-at-0"] = at0
         if models == "pole-at-0" or (abs(free.poles[0]) <= POLE_AT_0_DISTANCE * rho.lo

@@ -93,7 +93,6 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         raise InvalidSpectrumError(f"n_samples must be >= 1, got {n_samples}")
 
     if A is not None:
-        from ..form import kron_outputs
         from ..store import MatrixStore, open_matrix
 
         if kernel_params:
@@ -117,7 +116,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                                                       j * sample_size:(j + 1) * sample_size], device)
                  for j in range(n_samples)]
         source = ms.url
-        rows = kron_outputs(ms)  # K (x) I_d has K's spectrum; sizes count K's rows
+        rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
     else:
         from ..form import _check_finite, _load_data
         from ..kernels import get_kernel
@@ -138,9 +137,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     eigs = _compute(tasks, client)
     size = n if size is None else int(size)
     # eigenvalue arrays count matrix rows; sizes count samples (x rows per sample)
-    return free_decompress(eigs, size * rows if rows > 1 and A is None else size,
-                           sample_size=sample_size * rows if rows > 1 and A is None else sample_size,
-                           seed=seed, source=source, **options)
+    return free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source, **options)
 
 
 # options of free_decompress that spectrum() passes through (the rest go to the kernel)
