@@ -110,56 +110,69 @@ def _config():
     return dask.config.get("bigspec")
 
 
+def matrix_options(f):
+    """Options of commands that read a matrix given as an array (.npy file or zarr array)."""
+    opts = [
+        click.option("--triangle", type=click.Choice(["lower", "upper"]), default=None,
+                     help="The matrix is given by this triangle (the other is ignored); default: both, checked to agree."),
+        click.option("--missing-chunks", type=click.Choice(["error", "fill"]), default="error", show_default=True,
+                     help="A zarr chunk never written: refuse, or read it as the fill value."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @cli.command(name="import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source", metavar="MATRIX", type=click.Path(exists=True))
 @click.argument("store")
 @click.option("--tile-size", type=int, help="Tile edge (default from config).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@matrix_options
+@click.option("--overwrite", is_flag=True, help="Replace what is at STORE (other data there is listed first).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def import_(file, store, tile_size, overwrite, as_json):
-    """Write a .npy matrix FILE into a new matrix STORE (memory-mapped, tile by tile)."""
-    import numpy as np
-
+def import_(source, store, tile_size, triangle, missing_chunks, overwrite, as_json):
+    """Write MATRIX (a .npy file, a zarr array or a store) into a new matrix STORE, tile by tile."""
     from .store import from_array
 
-    A = np.load(file, mmap_mode="r")
-    ms = from_array(A, store, tile_size=tile_size, overwrite=overwrite)
+    ms = from_array(source, store, tile_size=tile_size, triangle=triangle, missing_chunks=missing_chunks,
+                    overwrite=overwrite)
     summary = {"store": ms.url, "n": ms.n, "tile_size": ms.tile_size, "dtype": ms.dtype.name,
                "tiles": sum(1 for _ in ms.stored_tiles())}
     _emit(summary if as_json else f"wrote {ms}", as_json)
 
 
 @cli.command()
-@click.argument("store")
+@click.argument("store", metavar="MATRIX")
 @click.option("--method", type=click.Choice(["ldl", "cholesky"]), default=None,
               help="ldl (symmetric, default) or cholesky (SPD, fastest).")
 @click.option("--memory", default=None, help="Memory budget, e.g. 2GiB (default: auto).")
-@click.option("--tile-size", type=int, help="Must match the store's tiles.")
+@click.option("--tile-size", type=int, help="Tile edge for a .npy or zarr MATRIX; a store's must match.")
 @click.option("--shift", type=float, default=0.0, show_default=True, help="Add shift * I.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the matrix by scale.")
+@matrix_options
 @click.option("--checkpoint/--no-checkpoint", default=None,
               help="Keep the factor in the store to resume (default: when out of core).")
 @click.option("--overwrite", is_flag=True, help="Replace a factorization made with other settings.")
 @click.option("--dry-run", is_flag=True, help="Print tasks, flops, bytes and peak memory; compute nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @cluster_options
-def logdet(store, method, memory, tile_size, shift, scale, checkpoint, overwrite, dry_run, as_json,
-           scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
-    """Exact log-determinant of the matrix in STORE (tiled LDL^T / Cholesky, out of core)."""
+def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chunks, checkpoint, overwrite, dry_run,
+           as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+    """Exact log-determinant of MATRIX: a store, a .npy file or a zarr array (tiled LDL^T / Cholesky, out of core)."""
     from .logdet import logdet as run_logdet
-    from .store import open_matrix
+    from .matrix import as_matrix
 
-    ms = open_matrix(store)
+    source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+")  # errors before a cluster
     kwargs = dict(method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
                   checkpoint=checkpoint, overwrite=overwrite, device="gpu" if gpu else "cpu",
-                  progress=progress)
+                  progress=progress, triangle=triangle, missing_chunks=missing_chunks)
     if dry_run:
         with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
-            plan = run_logdet(ms, dry_run=True, client=client, **kwargs)
+            plan = run_logdet(source, dry_run=True, client=client, **kwargs)
         _emit(plan.summary() if as_json else plan.describe(), as_json)
         return
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
-        res = run_logdet(ms, client=client, **kwargs)
+        res = run_logdet(source, client=client, **kwargs)
     if as_json:
         _emit(res, True)
     else:
@@ -170,7 +183,7 @@ def logdet(store, method, memory, tile_size, shift, scale, checkpoint, overwrite
 
 
 @cli.command()
-@click.argument("store")
+@click.argument("store", metavar="MATRIX")
 @click.option("--sample-size", type=int, default=None, help="Rows per sample (default: min(n / samples, 4096)).")
 @click.option("--samples", "n_samples", type=int, default=1, show_default=True, help="Disjoint diagonal blocks.")
 @click.option("--size", type=int, default=None, help="Decompress to this size (default: n).")
@@ -181,15 +194,18 @@ def logdet(store, method, memory, tile_size, shift, scale, checkpoint, overwrite
               help="Save the sample histogram and decompressed density (PNG, SVG, PDF).")
 @click.option("--log", "log_axis", is_flag=True, help="Plot on a log10 eigenvalue axis.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@matrix_options
 @cluster_options
-def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log_axis, as_json,
-             scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
-    """Eigenvalue density of the matrix in STORE by free decompression of sampled diagonal blocks."""
+def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log_axis, as_json, triangle,
+             missing_chunks, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+    """Eigenvalue density of MATRIX (a store, .npy file or zarr array) by free decompression of sampled blocks."""
+    from .matrix import as_matrix
     from .spectrum import spectrum as run_spectrum
 
+    matrix = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks)  # errors before a cluster
     options = {"degree": degree} if degree else {}
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
-        res = run_spectrum(store, sample_size=sample_size, n_samples=n_samples, size=size, regime=regime,
+        res = run_spectrum(matrix, sample_size=sample_size, n_samples=n_samples, size=size, regime=regime,
                            client=client, device="gpu" if gpu else "cpu", **options)
     if plot_path:
         import matplotlib
@@ -259,10 +275,10 @@ def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, r
 
     from .form import form as run_form
     from .kernels import get_kernel
-    from .store import _exists
+    from .storage import is_store
 
     kernel_obj = get_kernel(kernel, **_parse_params(params, ctx.args))  # bad names fail before any cluster
-    if _exists(store, None) and not (resume or overwrite):
+    if is_store(store) and not (resume or overwrite):
         raise click.UsageError(f"{store} exists: pass --resume to continue forming it or --overwrite to replace it")
     t0 = time.perf_counter()
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
@@ -316,8 +332,15 @@ def demo(n_samples, ntk_samples, tile_size, workdir, as_json, scheduler, schedul
         click.echo("(install torch for the empirical-NTK part: pip install 'bigspec[ntk]')")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv=None) -> None:
-    """Console entry point with bigspec's exit codes."""
+    """Console entry point with bigspec's exit codes; warnings print as one ``warning:`` line each."""
+    import warnings
+
+    show, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         rv = cli.main(args=argv, prog_name="bigspec", standalone_mode=False)
     except click.exceptions.UsageError as e:
@@ -335,4 +358,6 @@ def main(argv=None) -> None:
     except click.exceptions.ClickException as e:
         e.show()
         sys.exit(EXIT_USER)
+    finally:
+        warnings.showwarning = show
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -73,12 +73,21 @@ class ClusterError(BigspecError, RuntimeError):
     """The Dask cluster could not be reached or started."""
 
 
+class UnstableFactorizationError(BigspecError, np.linalg.LinAlgError):
+    """LDL^T needs symmetric pivoting across more columns than the memory budget lets one task hold."""
+
+
 class SingularMatrixWarning(UserWarning):
-    """The matrix is singular: an exact zero pivot; log|det| is -inf."""
+    """The matrix is singular (an exact zero pivot: log|det| is -inf) or numerically singular
+    (pivots below the rounding level: log|det| is set by rounding, not by the matrix)."""
 
 
 class GrowthWarning(UserWarning):
     """The indefinite factorization shows large element growth; the result may be inaccurate."""
+
+
+class OverwriteWarning(UserWarning):
+    """``overwrite=True`` is about to delete data at the target that is not a bigspec store."""
 
 
 class KernelError(BigspecError, ValueError):

@@ -34,7 +34,14 @@ def _load_data(X) -> np.ndarray:
             return np.load(path, mmap_mode="r")
         import zarr
 
-        return np.asarray(zarr.open_array(path, mode="r")[...])
+        try:
+            return np.asarray(zarr.open_array(path, mode="r")[...])
+        except FileNotFoundError:
+            raise KernelError(f"no data at {path}: X must be a .npy file, a zarr array or an array") from None
+        except Exception:
+            raise KernelError(
+                f"{path} is not a .npy file or a zarr array of data points (a zarr group, or a bigspec store, "
+                f"is not data); pass the data points X of shape (n_samples, ...)") from None
     if type(X).__module__.startswith("dask"):
         return np.asarray(X.compute())
     return np.asarray(X)
@@ -114,6 +121,7 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     k = get_kernel(kernel, **kernel_params)
     check_device(device)
     dtype = check_dtype(dtype)
+    X_origin = X
     X = _load_data(X)
     if X.ndim < 2 or X.shape[0] < 1:
         raise KernelError(f"X must have shape (n_samples, ...) with n_samples >= 1, got {X.shape}")
@@ -122,7 +130,7 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     n_samples = int(X.shape[0])
     per = k.rows_per_sample()
     N = n_samples * per
-    b = check_tile_size(config.get("tile-size") if tile_size is None else tile_size, dtype)
+    b = check_tile_size(config.get("tile-size") if tile_size is None else tile_size)
     b = min(b, N)
     if b % per:
         raise TileSizeError(f"tile_size={b} must be a multiple of {per} (matrix rows per data point) so a sample's "
@@ -133,7 +141,8 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     meta = {"kernel": k.spec(), "permutation": {"seed": int(seed), "shuffle": bool(shuffle)},
             "data_sha1": digest, "n_samples": n_samples, "source": "form"}
 
-    ms = _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per)
+    ms = _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per,
+                         inputs=[X_origin])
     todo = sorted(set(ms.stored_tiles()) - ms.written_tiles())
     if client is None:
         client = current_client()
@@ -156,28 +165,25 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     return ms
 
 
-def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per):
-    import zarr
+def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per, inputs=()):
+    from .storage import check_not_input, contents, locate, open_group, prepare_target
+    from .store import MatrixStore, create_matrix
 
-    from .store import ATTRS_KEY, MatrixStore, _exists, _open_group, create_matrix, new_group
-
-    existing = isinstance(store, zarr.Group) and ATTRS_KEY in store.attrs or \
-        not isinstance(store, zarr.Group) and _exists(store, storage_options)
-    if existing and not overwrite:
-        group = _open_group(store, "r+", storage_options)
-        ms = MatrixStore(group)
+    check_not_input(locate(store, storage_options), inputs)
+    if contents(store, storage_options).kind == "bigspec" and not overwrite:
+        ms = MatrixStore(open_group(store, "r+", storage_options))
         old = ms.attrs
         same = (old.get("kernel") == meta["kernel"] and old.get("data_sha1") == meta["data_sha1"]
                 and old.get("permutation") == meta["permutation"] and ms.tile_size == b
                 and ms.dtype == dtype and ms.n == N)
         if not same:
             raise StoreExistsError(
-                f"a matrix store already exists at {store!r} with another kernel, data, seed or "
+                f"a matrix store already exists at {ms.url} with another kernel, data, seed or "
                 f"tile_size; pass overwrite=True (CLI --overwrite) to replace it, or choose another path",
-                store=str(store))
+                store=ms.url)
         logger.info("resuming %s: %d tiles already written", ms.url, len(ms.written_tiles()))
         return ms
-    group = new_group(store, storage_options)
+    group = prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=inputs)
     ms = create_matrix(group, N, b, dtype, True, meta)
     spt = b // per
     group.create_array("data", shape=data.shape, chunks=(max(spt, 1), *data.shape[1:]), dtype="float64",

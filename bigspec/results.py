@@ -64,10 +64,18 @@ class ResultMixin:
 class LogdetResult(ResultMixin):
     """Exact log-determinant of ``scale * A + diag(shift)`` and how it was computed.
 
-    ``prefix_logdet[m - 1]`` is log|det A[:m, :m]| (exact at every tile boundary; inside a
-    tile, of the tile-locally pivoted matrix for LDL^T). For a store of a Kronecker kernel
+    ``prefix_logdet[m - 1]`` is log|det A[:m, :m]|: exact at every tile boundary (Cholesky:
+    at every m) except inside the ``pivot_groups``, column ranges [start, stop) that LDL^T
+    pivoted across several tiles, where it is exact only at their ends; elsewhere inside a
+    tile it is the minor of the locally pivoted matrix. For a store of a Kronecker kernel
     ``K (x) I_d`` (``kron_outputs = d``), the determinants are those of the full kernel:
     ``d * logdet K``, and prefixes over the first m samples.
+
+    Diagnostics: ``min_abs_d`` / ``max_abs_d`` are the smallest and largest pivot magnitudes
+    (|eigenvalues| of D's 1x1 and 2x2 blocks; Cholesky: L_ii^2), whose ratio below
+    ``n * eps`` means numerically singular; ``growth`` is LDL^T's element growth
+    ``max_i sum_k L_ik^2 |d_k| / max|A|`` (1 for positive definite matrices); ``max_abs_L``
+    is the largest multiplier.
     """
 
     sign: int
@@ -88,6 +96,8 @@ class LogdetResult(ResultMixin):
     max_abs_L: float = float("nan")
     min_abs_d: float = float("nan")
     max_abs_d: float = float("nan")
+    growth: float = 0.0
+    pivot_groups: tuple = ()
     singular_at: int | None = None
     store: str | None = None
     device: str = "cpu"

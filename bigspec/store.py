@@ -27,71 +27,32 @@ import numpy as np
 import zarr
 
 from . import config
-from .errors import (
-    IncompleteStoreError,
-    InvalidMatrixError,
-    NonFiniteError,
-    StoreExistsError,
-    StoreNotFoundError,
-    TileSizeError,
-)
+from .errors import IncompleteStoreError, NonFiniteError, StoreNotFoundError, TileSizeError
+from .matrix import check_dtype  # noqa: F401  (re-exported: the storage dtype of a matrix)
+from .storage import ATTRS_KEY, describe, initialized_chunks, is_store, open_group, refresh_consolidated
 
 SCHEMA_VERSION = 1
-ATTRS_KEY = "bigspec"
-SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 # One LAPACK call must never see a block of 2**31 bytes or more (threaded OpenBLAS
-# potrf segfaults at 16384 x 16384 float64), so a tile stays below that.
+# potrf segfaults at 16384 x 16384 float64), so a tile stays below that. Tiles are
+# factored in float64 whatever the storage dtype, so the bound is on 8-byte entries.
 MAX_TILE_BYTES = 2**31 - 1
+COMPUTE_ITEMSIZE = 8
 
 
-def check_dtype(dtype) -> np.dtype:
-    """Return the storage dtype for ``dtype``: float32/float64 kept, ints and bools cast to float64."""
-    dtype = np.dtype(dtype)
-    if dtype in SUPPORTED_DTYPES:
-        return dtype
-    if dtype.kind in "iub":
-        return np.dtype("float64")
-    raise InvalidMatrixError(
-        f"unsupported dtype {dtype}: bigspec stores float32 or float64 matrices; "
-        f"convert first, e.g. A.astype('float64')",
-        dtype=str(dtype),
-    )
-
-
-def check_tile_size(tile_size, dtype=np.float64) -> int:
-    """Validate a tile edge: a positive int whose square tile stays below 2**31 bytes."""
+def check_tile_size(tile_size) -> int:
+    """Validate a tile edge: a positive int whose square float64 tile stays below 2**31 bytes."""
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)):
-        raise TileSizeError(f"tile_size must be a positive integer, got {tile_size!r}")
+        raise TileSizeError(f"tile_size must be a positive integer (4096 is a good default), got {tile_size!r}")
     tile_size = int(tile_size)
     if tile_size < 1:
-        raise TileSizeError(f"tile_size must be a positive integer, got {tile_size}")
-    itemsize = np.dtype(dtype).itemsize
-    if tile_size * tile_size * itemsize > MAX_TILE_BYTES:
-        largest = math.isqrt(MAX_TILE_BYTES // itemsize)
+        raise TileSizeError(f"tile_size must be a positive integer (4096 is a good default), got {tile_size}")
+    if tile_size * tile_size * COMPUTE_ITEMSIZE > MAX_TILE_BYTES:
+        largest = math.isqrt(MAX_TILE_BYTES // COMPUTE_ITEMSIZE)
         raise TileSizeError(
-            f"tile_size={tile_size} makes a {tile_size}x{tile_size} {np.dtype(dtype)} tile of 2 GiB "
-            f"or more, which LAPACK cannot factor safely; use tile_size <= {largest} (4096 is a good default)"
+            f"tile_size={tile_size} makes a {tile_size}x{tile_size} float64 tile of 2 GiB or more, which LAPACK "
+            f"cannot factor safely; use tile_size <= {largest} (4096 is a good default)"
         )
     return tile_size
-
-
-def _open_group(store, mode: str, storage_options: dict | None) -> zarr.Group:
-    if isinstance(store, zarr.Group):
-        return store
-    if isinstance(store, os.PathLike):
-        store = os.fspath(store)
-    if not isinstance(store, str):
-        return zarr.open_group(store=store, mode=mode)
-    kwargs = {"storage_options": storage_options} if storage_options and "://" in store else {}
-    return zarr.open_group(store=store, mode=mode, **kwargs)
-
-
-def _exists(store, storage_options) -> bool:
-    try:
-        g = _open_group(store, "r", storage_options)
-    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
-        return False
-    return ATTRS_KEY in g.attrs or "matrix" in g
 
 
 class SymmetricView:
@@ -149,7 +110,7 @@ class MatrixStore:
         meta = dict(group.attrs.get(ATTRS_KEY, {}))
         if "matrix" not in group or not meta:
             raise StoreNotFoundError(
-                f"{_describe(group)} is not a bigspec matrix store (no 'matrix' array or "
+                f"{describe(group)} is not a bigspec matrix store (no 'matrix' array or "
                 f"'bigspec' attributes); create one with bigspec.from_array(...) or `bigspec import`"
             )
         self.n = int(meta["n"])
@@ -169,6 +130,7 @@ class MatrixStore:
         meta = self.attrs
         meta.update(values)
         self.group.attrs[ATTRS_KEY] = meta
+        refresh_consolidated(self.group)
 
     @property
     def n_tiles(self) -> int:
@@ -182,7 +144,7 @@ class MatrixStore:
 
     @property
     def url(self) -> str:
-        return _describe(self.group)
+        return describe(self.group)
 
     def __repr__(self) -> str:
         return (
@@ -203,20 +165,8 @@ class MatrixStore:
                 yield i, j
 
     def written_tiles(self) -> set[tuple[int, int]]:
-        """Tiles present in the store (one listing of chunk keys, no data read)."""
-        from zarr.core.sync import sync
-
-        async def _list():
-            prefix = f"{self.matrix.path}/c/"
-            return [k async for k in self.group.store.list_prefix(prefix)]
-
-        sep = "/"
-        out = set()
-        for key in sync(_list()):
-            parts = key.rsplit("/c/", 1)[-1].split(sep)
-            if len(parts) == 2:
-                out.add((int(parts[0]), int(parts[1])))
-        return out
+        """Stored tiles present in the store (one listing of chunk keys, no data read)."""
+        return initialized_chunks(self.matrix, self.stored_tiles())
 
     def missing_tiles(self) -> list[tuple[int, int]]:
         """Stored tiles never written (they read as the NaN fill)."""
@@ -263,20 +213,6 @@ class MatrixStore:
         )
 
 
-def _describe(group: zarr.Group) -> str:
-    store = group.store
-    root = getattr(store, "root", None) or getattr(store, "path", None) or ""
-    fs = getattr(store, "fs", None)
-    protocol = ""
-    if fs is not None:
-        proto = fs.protocol
-        protocol = (proto[0] if isinstance(proto, (tuple, list)) else proto) + "://"
-    path = str(root)
-    if group.path:
-        path = f"{path.rstrip('/')}/{group.path}"
-    return protocol + path if protocol and not path.startswith(protocol) else path
-
-
 def open_matrix(store, *, mode: str = "r+", storage_options: dict | None = None) -> MatrixStore:
     """Open an existing matrix store.
 
@@ -298,32 +234,21 @@ def open_matrix(store, *, mode: str = "r+", storage_options: dict | None = None)
     """
     if isinstance(store, MatrixStore):
         return store
-    if not isinstance(store, zarr.Group) and not _exists(store, storage_options):
+    if not isinstance(store, zarr.Group) and not is_store(store, storage_options):
+        from .storage import contents, locate
+
+        found = contents(store, storage_options)
+        url = locate(store, storage_options).url
+        detail = {"missing": "nothing is there: check the path",
+                  "empty": "it is an empty directory",
+                  "file": "it is a file",
+                  "zarr": "it holds zarr data that is not a bigspec store (a plain zarr array can be passed to "
+                          "bigspec.logdet / spectrum as it is, or copied into a store)",
+                  "other": f"it holds other files ({', '.join(found.entries)})"}.get(found.kind, "")
         raise StoreNotFoundError(
-            f"no bigspec matrix store at {store!r}: check the path, or create one with "
-            f"bigspec.from_array(A, {store!r}, tile_size=...) or `bigspec import A.npy {store}`",
-            store=str(store),
-        )
-    return MatrixStore(_open_group(store, mode, storage_options))
-
-
-def _as_matrix(A):
-    """Return (array-like, kind) for numpy / dask / zarr inputs, checking shape and dtype."""
-    kind = "numpy"
-    if isinstance(A, zarr.Array):
-        kind = "zarr"
-    elif type(A).__module__.startswith("dask"):
-        kind = "dask"
-    elif not hasattr(A, "shape"):
-        A = np.asarray(A)
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise InvalidMatrixError(
-            f"the matrix must be square (n x n), got shape {tuple(A.shape)}; "
-            f"bigspec factors symmetric matrices such as kernel matrices",
-            shape=tuple(A.shape),
-        )
-    check_dtype(A.dtype)
-    return A, kind
+            f"no bigspec matrix store at {url}: {detail}; create one with bigspec.from_array(A, {str(store)!r}) "
+            f"or `bigspec import A.npy {store}`", store=str(store))
+    return MatrixStore(open_group(store, mode, storage_options))
 
 
 def from_array(
@@ -332,33 +257,51 @@ def from_array(
     *,
     tile_size: int | None = None,
     symmetric: bool = True,
+    triangle: str | None = None,
+    missing_chunks: str = "error",
     overwrite: bool = False,
     storage_options: dict | None = None,
-    check_symmetric: bool = True,
     attrs: dict | None = None,
 ) -> MatrixStore:
-    """Write a numpy, dask or zarr array into a new matrix store.
+    """Write a numpy, dask or zarr array (or a .npy file, or another store) into a new matrix store.
+
+    ``A`` is validated first (:func:`bigspec.matrix.as_matrix`: square, finite, symmetric, every
+    needed zarr chunk written); nothing is written before that passes.
 
     Parameters
     ----------
-    A : array-like, (n, n)
-        float32 or float64 (integers are stored as float64).
+    A : array-like (n, n), zarr array, dask array, .npy path or MatrixStore
+        float32 or float64 (float16 is stored as float32, integers as float64).
     store : str, os.PathLike or zarr.Group
-        Where to write: a path, an fsspec URL or a group.
+        Where to write: a path, an fsspec URL (``file://``, ``s3://``, ``memory://``) or a group.
     tile_size : int, optional
         Tile edge; default ``bigspec.tile-size`` from the config. The last tile may be ragged.
-    symmetric : bool
-        Store only the lower tiles (readers mirror them). Diagonal tiles are stored exactly
-        symmetric, ``(T + T.T) / 2``.
-    overwrite : bool
-        Replace an existing store at that location.
-    check_symmetric : bool
-        For numpy and zarr inputs, check that ``A`` is symmetric (within 1e-10 relative)
-        before dropping its upper triangle.
+    symmetric : bool, default True
+        Store only the lower tiles (readers mirror them); diagonal tiles are stored exactly
+        symmetric. ``False`` stores every tile of a non-symmetric matrix as it is.
+    triangle : {None, "lower", "upper"}, default None
+        None: both triangles of ``A`` are given and must agree (within 1e-10 relative for
+        float64). ``"upper"`` / ``"lower"``: ``A`` is given by that triangle, which is mirrored;
+        the other half is neither read nor checked.
+    missing_chunks : {"error", "fill"}, default "error"
+        A zarr input with a needed chunk never written raises; ``"fill"`` reads it as the fill value.
+    overwrite : bool, default False
+        Replace what is at ``store``: a bigspec store, or (listed in an
+        :class:`~bigspec.errors.OverwriteWarning` before it is deleted) anything else. A target
+        that is or holds the input itself is always refused.
+    storage_options : dict, optional
+        fsspec options for URLs.
 
     Returns
     -------
     MatrixStore
+
+    Raises
+    ------
+    InvalidMatrixError, NonFiniteError, IncompleteStoreError
+        ``A`` is not square, symmetric, finite or complete (nothing is written).
+    StoreExistsError
+        ``store`` holds something and ``overwrite`` was not given, or it is the input.
 
     Examples
     --------
@@ -367,50 +310,43 @@ def from_array(
     ...                        overwrite=True)
     >>> K.n, K.tile_size, K.symmetric
     (3, 2, True)
+    >>> U = np.triu(np.ones((3, 3)))              # a matrix saved as its upper triangle
+    >>> float(bigspec.from_array(U, "memory://doc-fa-u.zarr", triangle="upper", overwrite=True).read(0, 3, 0, 3)[2, 0])
+    1.0
     """
-    A, kind = _as_matrix(A)
-    dtype = check_dtype(A.dtype)
-    n = int(A.shape[0])
-    tile_size = check_tile_size(config.get("tile-size") if tile_size is None else tile_size, dtype)
-    tile_size = min(tile_size, max(n, 1))
-    if not overwrite and (isinstance(store, zarr.Group) and "matrix" in store or
-                          not isinstance(store, zarr.Group) and _exists(store, storage_options)):
-        raise StoreExistsError(
-            f"a matrix store already exists at {store!r}; pass overwrite=True "
-            f"(CLI: --overwrite) to replace it, or choose another path",
-            store=str(store),
-        )
-    if symmetric and check_symmetric and kind in ("numpy", "zarr"):
-        _check_symmetric(A, tile_size)
-    group = new_group(store, storage_options)
-    ms = create_matrix(group, n, tile_size, dtype, symmetric, {"source": kind, **(attrs or {})})
-    if kind == "dask":
-        _write_dask(A, ms)
-    else:
-        for i, j in ms.stored_tiles():
-            r0, r1 = ms.tile_bounds(i)
-            c0, c1 = ms.tile_bounds(j)
-            ms.matrix[r0:r1, c0:c1] = _prepare_tile(A[r0:r1, c0:c1], i == j and symmetric, dtype, (i, j))
+    from .matrix import as_matrix
+    from .storage import prepare_target
+
+    m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, symmetric=symmetric,
+                  storage_options=storage_options if isinstance(A, (str, os.PathLike)) else None)
+    tile_size = check_tile_size(config.get("tile-size") if tile_size is None else tile_size)
+    tile_size = min(tile_size, m.n)
+    group = prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=[m.origin])
+    ms = create_matrix(group, m.n, tile_size, m.dtype, symmetric, {"source": m.kind, **(attrs or {})})
+    write_matrix(m, ms)
     ms.update_attrs(complete=True)
     return ms
 
 
-def _check_finite(tile: np.ndarray, i: int, j: int) -> None:
-    if not np.isfinite(tile).all():
+def write_matrix(m, ms: MatrixStore) -> None:
+    """Write the stored tiles of the validated matrix ``m`` into the (new) store ``ms``."""
+    if m.kind == "dask":
+        _write_dask(m.source, ms)
+        return
+    for i, j in ms.stored_tiles():
+        r0, r1 = ms.tile_bounds(i)
+        c0, c1 = ms.tile_bounds(j)
+        ms.matrix[r0:r1, c0:c1] = _prepare_tile(m.source[r0:r1, c0:c1], i == j and ms.symmetric, ms.dtype, (i, j))
+
+
+def _check_finite(tile: np.ndarray, i: int, j: int, r0: int = 0, c0: int = 0) -> None:
+    finite = np.isfinite(tile)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
         raise NonFiniteError(
-            f"the matrix holds NaN or infinite values in tile ({i}, {j}); bigspec reserves NaN "
-            f"for unwritten tiles, so clean the input (e.g. np.nan_to_num) before storing it",
-            tile=(i, j),
-        )
-
-
-def new_group(store, storage_options: dict | None = None) -> zarr.Group:
-    """An empty group at ``store`` (a path or URL is recreated; a given group is emptied)."""
-    if isinstance(store, zarr.Group):
-        for name in list(store.keys()):
-            del store[name]
-        return store
-    return _open_group(store, "w", storage_options)
+            f"the matrix holds {tile[r, c]} at row {r0 + r}, col {c0 + c} (tile ({i}, {j})); bigspec reserves NaN "
+            f"for unwritten tiles, so fix or drop that row and column before storing it",
+            tile=(i, j), row=int(r0 + r), col=int(c0 + c))
 
 
 def create_matrix(group: zarr.Group, n: int, tile_size: int, dtype, symmetric: bool = True,
@@ -442,16 +378,16 @@ def _compressors():
     return {"zstd": ZstdCodec(level=3), "blosc": BloscCodec(cname="zstd", clevel=3)}[name]
 
 
-def _prepare_tile(tile: np.ndarray, diagonal: bool, dtype, index=(0, 0)) -> np.ndarray:
+def _prepare_tile(tile: np.ndarray, diagonal: bool, dtype, index=(0, 0), origin=(0, 0)) -> np.ndarray:
     tile = np.asarray(tile, dtype=dtype)
-    _check_finite(tile, *index)
+    _check_finite(tile, *index, *origin)
     if diagonal:
         tile = (tile + tile.T) / 2
     return tile
 
 
 def _write_tile(block, matrix, r0, r1, c0, c1, diagonal, dtype, index):
-    matrix[r0:r1, c0:c1] = _prepare_tile(block, diagonal, dtype, index)
+    matrix[r0:r1, c0:c1] = _prepare_tile(block, diagonal, dtype, index, (r0, c0))
     return 1
 
 
@@ -468,25 +404,3 @@ def _write_dask(A, ms: MatrixStore) -> None:
         c0, c1 = ms.tile_bounds(j)
         writes.append(write(blocks[i, j], ms.matrix, r0, r1, c0, c1, ms.symmetric and i == j, ms.dtype, (i, j)))
     dask.compute(*writes)
-
-
-def _check_symmetric(A, b: int) -> None:
-    n = A.shape[0]
-    scale = 0.0
-    worst = (0.0, None)
-    for i0 in range(0, n, b):
-        for j0 in range(0, i0 + 1, b):
-            lo = np.asarray(A[i0:i0 + b, j0:j0 + b], dtype=np.float64)
-            up = np.asarray(A[j0:j0 + b, i0:i0 + b], dtype=np.float64).T
-            _check_finite(lo, i0 // b, j0 // b)
-            _check_finite(up, j0 // b, i0 // b)
-            scale = max(scale, float(np.max(np.abs(lo), initial=0.0)))
-            diff = float(np.max(np.abs(lo - up), initial=0.0))
-            if diff > worst[0]:
-                worst = (diff, (i0, j0))
-    if worst[1] is not None and worst[0] > 1e-10 * max(scale, np.finfo(float).tiny):
-        raise InvalidMatrixError(
-            f"the matrix is not symmetric: max |A - A.T| = {worst[0]:.3g} near rows {worst[1][0]}, "
-            f"cols {worst[1][1]} (max |A| = {scale:.3g}); symmetrize it with (A + A.T) / 2, "
-            f"or store it with symmetric=False",
-        )

@@ -53,9 +53,9 @@ def test_resume_after_interrupt_skips_finished_panels(tmp_path, monkeypatch, sto
     written = []
     real_write = exact.write_L
 
-    def counting_write(L, array, r0, r1, c0, c1, diagonal):
+    def counting_write(L, array, r0, r1, c0, c1, *rest):
         written.append(c0 // b)
-        return real_write(L, array, r0, r1, c0, c1, diagonal)
+        return real_write(L, array, r0, r1, c0, c1, *rest)
 
     monkeypatch.setattr(exact, "_after_panel", lambda k0, k1: None)
     monkeypatch.setattr(exact, "write_L", counting_write)

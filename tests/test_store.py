@@ -65,14 +65,13 @@ def test_errors(tmp_path, store_path):
         bigspec.from_array(np.ones((3, 4)), store_path)
     with pytest.raises(InvalidMatrixError, match="unsupported dtype complex128"):
         bigspec.from_array(np.eye(3, dtype=complex), store_path)
-    with pytest.raises(InvalidMatrixError, match="float16"):
-        bigspec.from_array(np.eye(3, dtype=np.float16), store_path)
-    with pytest.raises(InvalidMatrixError, match="not symmetric"):
+    with pytest.raises(InvalidMatrixError, match="not symmetric.*triangle='upper'"):
         bigspec.from_array(np.triu(np.ones((4, 4))), store_path)
-    with pytest.raises(NonFiniteError, match=r"tile \(1, 0\)"):
+    with pytest.raises(NonFiniteError, match=r"NaN at row 0, col 3"):
         A = np.eye(4)
         A[3, 0] = A[0, 3] = np.nan
         bigspec.from_array(A, store_path, tile_size=2)
+    assert not os.path.exists(store_path)           # nothing is written before validation passes
     with pytest.raises(TileSizeError, match="tile_size <= 16383"):
         bigspec.from_array(np.eye(3), store_path, tile_size=20000)
     with pytest.raises(TileSizeError, match="positive integer"):

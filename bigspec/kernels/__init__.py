@@ -1,5 +1,9 @@
 """Kernel registry: built-in kernels plus third-party ones from the ``bigspec.kernels`` entry points.
 
+The kernel classes are reachable here: ``RBF``, ``Matern``, ``ReLU``, and, loaded on first
+use so that importing bigspec never imports torch, ``NTK`` (the empirical NTK of a torch
+model) and ``Attention``.
+
 Examples
 --------
 >>> from bigspec.kernels import get_kernel, known_kernels
@@ -7,6 +11,9 @@ Examples
 True
 >>> get_kernel("matern", nu=2.5).params["nu"]
 2.5
+>>> import bigspec
+>>> bigspec.kernels.Attention.__name__, bigspec.kernels.NTK.__module__
+('Attention', 'bigspec.kernels.ntk')
 """
 
 from __future__ import annotations
@@ -55,4 +62,17 @@ def get_kernel(kernel, **params) -> Kernel:
     raise KernelError(f"unknown kernel {kernel!r}; known kernels: {', '.join(known_kernels())}")
 
 
-__all__ = ["Kernel", "KernelParameterError", "RBF", "Matern", "ReLU", "get_kernel", "known_kernels"]
+_LAZY_CLASSES = {"NTK": "ntk", "Attention": "attention"}
+
+
+def __getattr__(name):
+    if name in _LAZY_CLASSES:
+        from importlib import import_module
+
+        module, cls = _LAZY[_LAZY_CLASSES[name]].split(":")
+        return getattr(import_module(module), cls)
+    raise AttributeError(f"module 'bigspec.kernels' has no attribute {name!r}")
+
+
+__all__ = ["Kernel", "KernelParameterError", "RBF", "Matern", "ReLU", "NTK", "Attention", "get_kernel",
+           "known_kernels"]

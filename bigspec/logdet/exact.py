@@ -1,9 +1,24 @@
 """Exact log-determinant: left-looking super-panel LDL^T / Cholesky over a tiled store.
 
 For each super-panel of W columns (science.md 1.3): read its tiles, apply the updates from
-the L tiles of all earlier panels (streamed from ``factor/``), factor it in memory tile by
-tile (right-looking inside the panel), write its L tiles and d once, and mark it done.
-Each panel is one Dask graph; a killed run resumes after the last finished panel.
+the L tiles of all earlier panels (streamed from ``factor/``), factor it in memory (right-
+looking inside the panel), write its L tiles and d once, and mark it done. Each panel is one
+Dask graph; a killed run resumes after the last finished panel. Tiles are factored in
+float64 whatever the storage dtype, and the factor is kept in float64.
+
+Pivoting (LDL^T). Bunch-Kaufman runs inside each diagonal block of a *pivot group*: one
+tile at first. Before a panel's tiles are written, its element growth
+
+    g = max_i sum_k L_ik^2 d~_k / max|A|      (|L| diag(d~) |L|^T bounds |L| |D| |L|^T)
+
+is checked. Above ``GROWTH_RETRY`` (the backward error could reach ~1e-10 of max|A|), or at
+an exact zero pivot (which pivoting inside one tile cannot step over), the panel is factored
+again with Bunch-Kaufman across a pivot group of many tiles: the whole panel where it fits in
+one worker's share of the budget. A saddle-point matrix whose constraint rows come first, or
+``[[0, 1], [1, 1]]`` with one-row tiles, is then factored as stably as LAPACK would. Where even
+that leaves the growth above ``GROWTH_LIMIT`` and pivoting could not reach the whole trailing
+matrix, :class:`~bigspec.errors.UnstableFactorizationError` says so instead of returning a
+wrong number.
 """
 
 from __future__ import annotations
@@ -19,42 +34,55 @@ import warnings
 
 import numpy as np
 import zarr
-from dask.utils import parse_bytes
+from dask.utils import format_bytes, parse_bytes
 
 from .. import config
-from ..backend import check_device, return_freed_tiles_to_os, to_device, to_host
+from ..backend import check_device, namespace_of, return_freed_tiles_to_os, to_device, to_host
 from ..cluster import current_client, resources
-from ..form import kron_outputs
 from ..errors import (
     GrowthWarning,
-    InvalidMatrixError,
     NonFiniteError,
     SingularMatrixWarning,
     StoreExistsError,
     TileSizeError,
+    UnstableFactorizationError,
 )
+from ..form import kron_outputs
+from ..matrix import as_matrix
 from ..progress import Progress, run_graph, want_progress
 from ..results import LogdetResult
-from ..store import MatrixStore, _as_matrix, check_dtype, check_tile_size, from_array, open_matrix
+from ..storage import refresh_consolidated
+from ..store import check_tile_size, create_matrix, write_matrix
+from . import EXACT_METHODS as METHODS
 from . import tiles
 from .plan import make_plan
 
 logger = logging.getLogger(__name__)
 
-from . import EXACT_METHODS as METHODS
-FACTOR_SCHEMA = 1
+FACTOR_SCHEMA = 2
+COMPUTE_DTYPE = np.dtype("float64")
+GROWTH_RETRY = 1e6   # above this, a panel is factored again with pivoting across tiles
+GROWTH_LIMIT = 1e10  # above this, after the widest pivoting: a warning (full pivoting) or an error
+
+
+class NeedsPivoting(Exception):
+    """Internal: a panel's growth is above GROWTH_RETRY; factor it again with wider pivot groups."""
+
+    def __init__(self, growth: float, row: int):
+        super().__init__(growth, row)
+        self.growth, self.row = growth, row
 
 
 # --------------------------------------------------------------------------- tasks
-def read_tile(source, r0, r1, c0, c1, scale, shift, dtype, device, index):
-    """Read ``scale * A[r0:r1, c0:c1] (+ diag(shift))`` as a fresh C-ordered tile."""
-    T = np.array(source[r0:r1, c0:c1], dtype=dtype, order="C", copy=True)
+def read_tile(source, r0, r1, c0, c1, scale, shift, device, index):
+    """Read ``scale * A[r0:r1, c0:c1] (+ diag(shift))`` as a fresh C-ordered float64 tile."""
+    T = np.array(source[r0:r1, c0:c1], dtype=COMPUTE_DTYPE, order="C", copy=True)
     if not np.isfinite(T).all():
+        r, c = np.argwhere(~np.isfinite(T))[0]
         raise NonFiniteError(
-            f"tile {index} holds NaN or infinite values (rows {r0}:{r1}, cols {c0}:{c1}); an "
-            f"unwritten tile reads as NaN: finish forming the store, or clean the input matrix",
-            tile=tuple(index),
-        )
+            f"the matrix holds {T[r, c]} at row {r0 + r}, col {c0 + c} (tile {tuple(index)}); an unwritten "
+            f"tile reads as NaN: finish forming the store, or clean the input matrix",
+            tile=tuple(index), row=int(r0 + r), col=int(c0 + c))
     if scale != 1.0:
         T *= scale
     if shift is not None:
@@ -62,32 +90,54 @@ def read_tile(source, r0, r1, c0, c1, scale, shift, dtype, device, index):
     return to_device(T, device)
 
 
-def update_rows(source, factor, rows, panel, earlier, bounds, scale, shift, dtype, device):
+def amax(T) -> float:
+    """max |T| (the scale that growth is measured against)."""
+    return float(namespace_of(T).max(namespace_of(T).abs(T))) if T.size else 0.0
+
+
+def read_tile_and_amax(*args):
+    """[tile, max|tile|]: the tile's one consumer updates it in place, so its scale is taken first."""
+    T = read_tile(*args)
+    return [T, amax(T)]
+
+
+def update_rows(source, factor, rows, panel, earlier, bounds, scale, shift, device):
     """Read a row block of a super-panel and apply the left-looking updates of earlier columns.
 
     ``rows``: tile rows of this block; ``panel``: the panel's tile columns; ``earlier``:
     tile columns already factored. Streams one earlier tile column at a time from
     ``factor`` (L tiles and D), so the workspace is one column of the block plus the top.
-    Returns the block's tiles (i, k), i >= k, in row-major order.
+    Returns the block's tiles (i, k), i >= k, in row-major order, then max|A| over them.
     """
     out = []
     for i in rows:
         for k in panel:
             if i >= k:
                 d_shift = _shift_slice(shift, bounds, i) if i == k else None
-                out.append(read_tile(source, *bounds[i], *bounds[k], scale, d_shift, dtype, device, (i, k)))
+                out.append(read_tile(source, *bounds[i], *bounds[k], scale, d_shift, device, (i, k)))
+    scale_of_A = max((amax(T) for T in out), default=0.0)
     if not earlier:
-        return out
+        return out + [scale_of_A]
     r0, r1 = bounds[rows[0]][0], bounds[rows[-1]][1]
     t0, t1 = bounds[panel[0]][0], bounds[panel[-1]][1]
     L, D = factor["L"], factor.get("D")
+    D_all = None if D is None else np.asarray(D[:, :t0])
     top_inside = r0 == t0 and r1 >= t1
+
+    def column(c):  # one column of L's top block (a 2x2 pivot block crossing a tile edge needs it)
+        return to_device(np.asarray(L[t0:t1, c], dtype=COMPUTE_DTYPE), device)
+
     for j in earlier:
         c0, c1 = bounds[j]
-        L_rows = to_device(np.ascontiguousarray(L[r0:r1, c0:c1], dtype=dtype), device)
+        L_rows = to_device(np.ascontiguousarray(L[r0:r1, c0:c1], dtype=COMPUTE_DTYPE), device)
         L_top = L_rows[: t1 - t0] if top_inside else \
-            to_device(np.ascontiguousarray(L[t0:t1, c0:c1], dtype=dtype), device)
-        LD_top = tiles.scale_by_D(L_top, None if D is None else np.asarray(D[:, c0:c1]))
+            to_device(np.ascontiguousarray(L[t0:t1, c0:c1], dtype=COMPUTE_DTYPE), device)
+        if D_all is None:
+            LD_top = L_top
+        else:
+            left = (column(c0 - 1), D_all[1, c0 - 1]) if c0 > 0 and D_all[1, c0 - 1] != 0 else None
+            right = (column(c1), D_all[1, c1 - 1]) if c1 < t0 and D_all[1, c1 - 1] != 0 else None
+            LD_top = tiles.scale_by_D_columns(L_top, D_all[:, c0:c1], left, right)
         pos = 0
         for i in rows:
             a0, a1 = bounds[i][0] - r0, bounds[i][1] - r0
@@ -96,7 +146,7 @@ def update_rows(source, factor, rows, panel, earlier, bounds, scale, shift, dtyp
                     b0, b1 = bounds[k][0] - t0, bounds[k][1] - t0
                     out[pos] = tiles.update(out[pos], L_rows[a0:a1], LD_top[b0:b1], False, False)
                     pos += 1
-    return out
+    return out + [scale_of_A]
 
 
 def _shift_slice(shift, bounds, i):
@@ -107,13 +157,35 @@ def _shift_slice(shift, bounds, i):
     return np.asarray(shift[bounds[i][0]:bounds[i][1]])
 
 
+def assemble(blocks, sizes):
+    """The lower triangle of a pivot group's diagonal block from its tiles, as one F-ordered array."""
+    xp = namespace_of(blocks[0][0])
+    P = sum(sizes)
+    out = xp.zeros((P, P), dtype=COMPUTE_DTYPE, order="F")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for a, row in enumerate(blocks):
+        for c, T in enumerate(row):
+            out[starts[a]:starts[a + 1], starts[c]:starts[c + 1]] = T
+    return out
+
+
+def hstack(blocks):
+    """A row strip of a pivot group: its tiles side by side (C-ordered)."""
+    return namespace_of(blocks[0]).concatenate(blocks, axis=1)
+
+
+def getitem(seq, i):
+    return seq[i]
+
+
 def factor_task(T, method, tile, offset):
     return tiles.factor_diagonal(T, method, tile, offset)
 
 
 def diagonal_info(F: tiles.DiagonalFactor):
     """The small part of a diagonal factor that goes back to the client."""
-    return {"log_d": F.log_d, "sign_d": F.sign_d, "D": F.D, "perm": F.perm}
+    return {"log_d": F.log_d, "sign_d": F.sign_d, "D": F.D, "perm": F.perm,
+            "pivot_min": float(F.pivots.min(initial=math.inf)), "pivot_max": float(F.pivots.max(initial=0.0))}
 
 
 def diagonal_L(F: tiles.DiagonalFactor):
@@ -132,40 +204,91 @@ def update_task(T, L_i, LD_j, diagonal, cholesky):
     return tiles.update(T, L_i, LD_j, diagonal, cholesky)
 
 
-def write_L(L, array, r0, r1, c0, c1, diagonal):
-    """Write one L tile into the factor store once; return max |L| off the diagonal."""
-    host = to_host(L)
+def stats_task(L, F, r0, r1, diagonal):
+    """(growth row sums, max|L| off the unit diagonal) of rows r0:r1 of a group's L block."""
+    piece = L[r0:r1]
+    s = tiles.growth_rows(piece, F.majorant)
+    host = np.abs(to_host(piece))
+    if diagonal:  # the diagonal block: its unit diagonal and the zeros above it do not count
+        host = np.tril(host, r0 - 1)
+    return s, float(host.max(initial=0.0))
+
+
+def gate(stats, rows_of, scales, prior_s, prior_scale, row0, limit):
+    """A panel's growth (science.md 1.2), checked before any of its tiles is written.
+
+    ``stats``: (s, max|L|) of each (row tile, pivot group), ``rows_of`` their row tiles;
+    ``prior_s``: the growth sums of the panel's rows from earlier panels. Raises
+    :class:`NeedsPivoting` above ``limit``.
+    """
+    rows = {}
+    max_L = 0.0
+    for i, (s, m) in zip(rows_of, stats):
+        rows[i] = rows[i] + s if i in rows else s
+        max_L = max(max_L, m)
+    s = np.concatenate([rows[i] for i in sorted(rows)]) + prior_s
+    scale = max([prior_scale, *scales]) or 1.0
+    k = int(np.argmax(s)) if s.size else 0
+    growth = float(s[k] / scale) if s.size else 0.0
+    if growth > limit:
+        raise NeedsPivoting(growth, row0 + k)
+    return {"growth": growth, "growth_row": row0 + k, "max_abs_L": max_L, "s": s, "scale": scale}
+
+
+def write_L(L, array, r0, r1, c0, c1, lr0, lc0, diagonal, *after):
+    """Write one L tile (rows lr0.., cols lc0.. of the block L) into the factor once; return max|L|.
+
+    ``after`` holds the panel's growth check, so nothing is written before it passes.
+    """
+    host = to_host(L[lr0:lr0 + r1 - r0, lc0:lc0 + c1 - c0])
     array[r0:r1, c0:c1] = host
     return 0.0 if diagonal else float(np.max(np.abs(host), initial=0.0))
 
 
-def max_abs(L, diagonal):
-    return 0.0 if diagonal else float(np.max(np.abs(to_host(L)), initial=0.0))
-
-
-def getitem(seq, i):
-    return seq[i]
+def max_abs(L, lr0, rows, diagonal):
+    return 0.0 if diagonal else float(np.max(np.abs(to_host(L[lr0:lr0 + rows])), initial=0.0))
 
 
 # --------------------------------------------------------------------------- graph
-def panel_graph(plan, k0, k1, source, factor, scale, shift, dtype, device, write):
-    """Task graph of one super-panel; returns (graph, output keys, diag-info keys)."""
+class PanelGraph:
+    """The task graph of one super-panel and the keys the client gathers from it."""
+
+    def __init__(self, dsk, infos, check, outputs, groups):
+        self.dsk, self.infos, self.check, self.outputs, self.groups = dsk, infos, check, outputs, groups
+
+    @property
+    def keys(self) -> list:
+        return self.infos + ([self.check] if self.check else []) + self.outputs
+
+
+def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group=1, limit=math.inf,
+                prior_s=None, prior_scale=0.0) -> PanelGraph:
+    """Task graph of one super-panel with pivot groups of ``group`` tile columns."""
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
     bounds = [(i * b, min((i + 1) * b, n)) for i in range(nt)]
     cholesky = plan.method == "cholesky"
     tok = uuid.uuid4().hex[:8]
     name = {s: f"bigspec-{s}-{tok}" for s in
-            ("read", "update", "tile", "factor", "info", "solve", "scaled", "store")}
+            ("read", "amax", "update", "tile", "assemble", "strip", "factor", "info", "L", "solve", "scaled",
+             "stats", "gate", "store")}
     dsk = {}
     panel = list(range(k0, k1))
-    tile = {}
+    tile, scales = {}, []
     if k0 == 0:
         for k in panel:
             for i in range(k, nt):
                 key = (name["read"], i, k)
                 d_shift = _shift_slice(shift, bounds, i) if i == k else None
-                dsk[key] = (read_tile, source, *bounds[i], *bounds[k], scale, d_shift, dtype, device, (i, k))
-                tile[i, k] = key
+                if cholesky:
+                    dsk[key] = (read_tile, source, *bounds[i], *bounds[k], scale, d_shift, device, (i, k))
+                    tile[i, k] = key
+                    continue
+                # the tile is updated in place by its one consumer: its max|A| travels beside it
+                dsk[key] = (read_tile_and_amax, source, *bounds[i], *bounds[k], scale, d_shift, device, (i, k))
+                dsk[(name["tile"], i, k, 0)] = (getitem, key, 0)
+                dsk[(name["amax"], i, k)] = (getitem, key, 1)
+                tile[i, k] = (name["tile"], i, k, 0)
+                scales.append((name["amax"], i, k))
     else:
         chunks = plan.row_chunks(k0, k1)
         rows_all = list(range(k0, nt))
@@ -174,8 +297,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, dtype, device, write
         for r, s in enumerate(range(0, len(rows_all), step)):
             rows = rows_all[s:s + step]
             ukey = (name["update"], r)
-            dsk[ukey] = (update_rows, source, factor, rows, panel, earlier, bounds, scale,
-                         shift, dtype, device)
+            dsk[ukey] = (update_rows, source, factor, rows, panel, earlier, bounds, scale, shift, device)
             pos = 0
             for i in rows:
                 for k in panel:
@@ -184,82 +306,92 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, dtype, device, write
                         dsk[key] = (getitem, ukey, pos)
                         tile[i, k] = key
                         pos += 1
-    outputs, infos = [], []
+            if not cholesky:
+                dsk[(name["amax"], r)] = (getitem, ukey, -1)
+                scales.append((name["amax"], r))
+    infos, stats, writes = [], [], []
     L_array = factor["L"] if write else None
-    for k in panel:
-        fkey = (name["factor"], k)
-        dsk[fkey] = (factor_task, tile[k, k], plan.method, (k, k), bounds[k][0])
-        dsk[(name["info"], k)] = (diagonal_info, fkey)
-        infos.append((name["info"], k))
-        Lkeys = {k: (name["factor"] + "-L", k)}
-        dsk[Lkeys[k]] = (diagonal_L, fkey)
-        for i in range(k + 1, nt):
-            skey = (name["solve"], i, k)
-            dsk[skey] = (solve_task, tile[i, k], fkey)
-            Lkeys[i] = skey
-        for j in range(k + 1, k1):
+    groups = [(g0, min(g0 + group, k1)) for g0 in range(k0, k1, group)]
+    for g0, g1 in groups:
+        cols = range(g0, g1)
+        start = bounds[g0][0]
+        if g1 - g0 == 1:
+            diag_in = tile[g0, g0]
+        else:
+            diag_in = (name["assemble"], g0)
+            dsk[diag_in] = (assemble, [[tile[i, j] for j in range(g0, i + 1)] for i in cols],
+                            [bounds[i][1] - bounds[i][0] for i in cols])
+        fkey = (name["factor"], g0)
+        dsk[fkey] = (factor_task, diag_in, plan.method, (g0, g0), start)
+        dsk[(name["info"], g0)] = (diagonal_info, fkey)
+        infos.append((name["info"], g0))
+        Lkey = (name["L"], g0)
+        dsk[Lkey] = (diagonal_L, fkey)
+        strips = {}   # row tile -> (key of its L rows over the group's columns, row offset in it)
+        for i in cols:
+            strips[i] = (Lkey, bounds[i][0] - start)
+        for i in range(g1, nt):
+            if g1 - g0 == 1:
+                strip_in = tile[i, g0]
+            else:
+                strip_in = (name["strip"], i, g0)
+                dsk[strip_in] = (hstack, [tile[i, j] for j in cols])
+            skey = (name["solve"], i, g0)
+            dsk[skey] = (solve_task, strip_in, fkey)
+            strips[i] = (skey, 0)
+        for j in range(g1, k1):   # trailing tiles of the panel, right-looking over groups
+            jkey = strips[j][0]
             if cholesky:
-                ld = Lkeys[j]
+                ld = jkey
             else:
-                ld = (name["scaled"], j, k)
-                dsk[ld] = (scaled_task, Lkeys[j], fkey)
+                ld = (name["scaled"], j, g0)
+                dsk[ld] = (scaled_task, jkey, fkey)
             for i in range(j, nt):
-                key = (name["tile"], i, j, k + 1)
-                dsk[key] = (update_task, tile[i, j], Lkeys[i], ld, i == j, cholesky)
+                key = (name["tile"], i, j, g1)
+                dsk[key] = (update_task, tile[i, j], strips[i][0], ld, i == j, cholesky)
                 tile[i, j] = key
-        for i in range(k, nt):
-            okey = (name["store"], i, k)
-            if write:
-                dsk[okey] = (write_L, Lkeys[i], L_array, *bounds[i], *bounds[k], i == k)
-            else:
-                dsk[okey] = (max_abs, Lkeys[i], i == k)
-            outputs.append(okey)
-    return dsk, outputs, infos
+        for i in range(g0, nt):
+            src, off = strips[i]
+            rows = bounds[i][1] - bounds[i][0]
+            if not cholesky:
+                skey = (name["stats"], i, g0)
+                dsk[skey] = (stats_task, src, fkey, off, off + rows, i < g1)
+                stats.append((i, skey))
+            for j in cols:
+                if i < j:
+                    continue
+                okey = (name["store"], i, j)
+                lc0 = bounds[j][0] - start
+                if write:
+                    writes.append((okey, (write_L, src, L_array, *bounds[i], *bounds[j], off, lc0, i == j)))
+                elif cholesky:
+                    writes.append((okey, (max_abs, src, off, rows, i == j)))
+    check = None
+    if not cholesky:
+        check = (name["gate"], k0)
+        dsk[check] = (gate, [key for _, key in stats], [i for i, _ in stats], scales,
+                      np.zeros(n - bounds[k0][0]) if prior_s is None else prior_s, prior_scale,
+                      bounds[k0][0], limit)
+    outputs = []
+    for okey, task in writes:
+        dsk[okey] = task + ((check,) if check is not None and task[0] is write_L else ())
+        outputs.append(okey)
+    return PanelGraph(dsk, infos, check, outputs, groups)
 
 
 # --------------------------------------------------------------------------- inputs
-def _resolve_matrix(A, tile_size, storage_options):
-    """Return (source, MatrixStore or None, n, dtype, tile_size, temp dir or None)."""
-    if isinstance(A, (MatrixStore, zarr.Group)) or isinstance(A, str) or hasattr(A, "__fspath__"):
-        ms = open_matrix(A, storage_options=storage_options)
-        if not ms.symmetric:
-            raise InvalidMatrixError(
-                f"store {ms.url} holds a non-symmetric matrix; the exact logdet factors symmetric "
-                f"matrices (LDL^T / Cholesky): store a symmetric one with bigspec.from_array(..., symmetric=True)"
-            )
-        check_dtype(ms.dtype)
-        if tile_size is not None and int(tile_size) != ms.tile_size:
-            raise TileSizeError(
-                f"tile_size={tile_size} does not match the store's tiles ({ms.tile_size}); omit "
-                f"tile_size to use the store's, or rewrite the store with bigspec.from_array(..., tile_size={tile_size})",
-                tile_size=tile_size, store_tile_size=ms.tile_size,
-            )
-        ms.check_complete()
-        return ms.view(), ms, ms.n, ms.dtype, ms.tile_size, None
-    A, kind = _as_matrix(A)
-    dtype = check_dtype(A.dtype)
-    n = int(A.shape[0])
-    b = check_tile_size(config.get("tile-size") if tile_size is None else tile_size, dtype)
-    b = min(b, max(n, 1))
-    if kind == "dask" or (kind == "numpy" and current_client() is not None):
-        tmp = tempfile.mkdtemp(prefix="bigspec-matrix-")
-        ms = from_array(A, f"{tmp}/matrix.zarr", tile_size=b, overwrite=True)
-        return ms.view(), None, n, dtype, b, tmp
-    if kind == "numpy" and not np.isfinite(A).all():
-        bad = np.argwhere(~np.isfinite(A))[0]
-        raise NonFiniteError(
-            f"the matrix holds NaN or infinite values, first at row {bad[0]}, col {bad[1]}; "
-            f"clean it before computing its log-determinant", tile=(int(bad[0]) // b, int(bad[1]) // b),
-        )
-    return A, None, n, dtype, b, None
-
-
 def _check_scale_shift(scale, shift, n):
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale}")
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number, got {scale!r}") from None
+    if not math.isfinite(scale) or scale == 0.0:
+        raise ValueError(f"scale must be a finite nonzero number, got {scale}")
     if np.ndim(shift) == 0:
-        shift = float(shift)
+        try:
+            shift = float(shift)
+        except (TypeError, ValueError):
+            raise ValueError(f"shift must be a number or a vector of length n={n}, got {shift!r}") from None
         if not math.isfinite(shift):
             raise ValueError(f"shift must be finite, got {shift}")
         return scale, (None if shift == 0.0 else shift)
@@ -289,7 +421,7 @@ def _budget(memory, client, n_workers_memory):
             return parse_bytes(memory)
         except ValueError as e:
             raise ValueError(f"memory={memory!r} is not a size; use e.g. '4GiB', '500MB' or 'auto'") from e
-    if isinstance(memory, (int, float)) and memory > 0:
+    if isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory > 0:
         return int(memory)
     raise ValueError(f"memory must be 'auto', a size string like '4GiB' or a positive number of bytes, got {memory!r}")
 
@@ -316,24 +448,27 @@ def _shift_summary(shift):
 class _Factor:
     """The ``factor/`` group (in the store, or a temporary spill directory)."""
 
-    def __init__(self, group, n, b, dtype, method, digest, overwrite):
+    def __init__(self, group, n, b, method, digest, overwrite):
         self.group = group
         meta = dict(group.attrs.get("bigspec_factor", {}))
-        want = {"schema": FACTOR_SCHEMA, "n": n, "tile_size": b, "dtype": np.dtype(dtype).name,
+        want = {"schema": FACTOR_SCHEMA, "n": n, "tile_size": b, "dtype": COMPUTE_DTYPE.name,
                 "method": method, "params": digest}
-        if meta and any(meta.get(k) != v for k, v in want.items()) and not overwrite:
+        differs = bool(meta) and any(meta.get(k) != v for k, v in want.items())
+        if differs and all(meta.get(k) == v for k, v in want.items() if k != "schema"):
+            logger.info("replacing a factorization of an older bigspec (factor schema %s)", meta.get("schema"))
+            overwrite = True   # bigspec's own cache in an outdated layout, same settings: recompute it
+        if differs and not overwrite:
             raise StoreExistsError(
                 f"the store already holds a factorization with different settings "
-                f"(method={meta.get('method')}, {meta.get('params')}, tile_size={meta.get('tile_size')}); "
-                f"pass overwrite=True (CLI --overwrite) to replace it, or checkpoint=False to leave it",
-                existing=meta,
-            )
-        if not meta or overwrite or any(meta.get(k) != v for k, v in want.items()):
+                f"(method={meta.get('method')}, {meta.get('params')}, tile_size={meta.get('tile_size')}, "
+                f"schema {meta.get('schema')}); pass overwrite=True (CLI --overwrite) to replace it, or "
+                f"checkpoint=False (CLI --no-checkpoint) to leave it", existing=meta)
+        if not meta or overwrite or differs:
             for name in list(group.keys()):
                 del group[name]
             meta = dict(want, columns_done=0, complete=False)
             # L is read back O(n / W) times: no compression, whose cost would dominate the reads
-            group.create_array("L", shape=(n, n), chunks=(b, b), dtype=dtype, fill_value=np.nan,
+            group.create_array("L", shape=(n, n), chunks=(b, b), dtype=COMPUTE_DTYPE, fill_value=np.nan,
                                dimension_names=("row", "col"), overwrite=True, compressors=None)
             group.create_array("log_d", shape=(n,), chunks=(b,), dtype="float64", fill_value=np.nan,
                                overwrite=True)
@@ -350,20 +485,26 @@ class _Factor:
     def columns_done(self) -> int:
         return int(self.meta.get("columns_done", 0))
 
+    @property
+    def stats(self) -> dict:
+        """Diagnostics of the panels already factored (merged over every run)."""
+        return dict(self.meta.get("stats", {}))
+
     def arrays(self) -> dict:
         return {"L": self.group["L"], "D": self.group["D"] if "D" in self.group else None}
 
-    def save_columns(self, infos, bounds, k1, stats, complete):
-        for k, info in infos:
-            r0, r1 = bounds[k]
+    def save_columns(self, infos, k1, stats, complete, root=None):
+        for (r0, r1), info in infos:
             self.group["log_d"][r0:r1] = info["log_d"]
             self.group["sign_d"][r0:r1] = info["sign_d"]
             if info["D"] is not None:
                 self.group["D"][:, r0:r1] = info["D"]
-                self.group["perm"][r0:r1] = info["perm"]
+                self.group["perm"][r0:r1] = info["perm"] + r0
         self.meta = dict(self.meta, columns_done=k1, complete=complete, stats=stats,
                          panels_done=int(self.meta.get("panels_done", 0)) + 1)
         self.group.attrs["bigspec_factor"] = self.meta
+        if root is not None:
+            refresh_consolidated(root)
 
     def load_d(self, stop):
         return np.asarray(self.group["log_d"][:stop]), np.asarray(self.group["sign_d"][:stop])
@@ -385,14 +526,29 @@ def local_threads(cores: int) -> tuple[int, int]:
 
 def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
                  client=None, checkpoint=None, overwrite=False, device="cpu", progress=None,
-                 dry_run=False, storage_options=None):
+                 dry_run=False, storage_options=None, triangle=None, missing_chunks="error"):
     """Exact log-determinant by tiled LDL^T / Cholesky; see :func:`bigspec.logdet`."""
     t_start = time.perf_counter()
     method = method or config.get("method", "ldl")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)} for the exact logdet, got {method!r}")
     check_device(device)
-    source, ms, n, dtype, b, tmp_matrix = _resolve_matrix(A, tile_size, storage_options)
+    # validation of every argument before anything is copied or written
+    m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options, mode="r+")
+    ms, n = m.store, m.n
+    if ms is not None:
+        if tile_size is not None and check_tile_size(tile_size) != ms.tile_size:
+            raise TileSizeError(
+                f"tile_size={tile_size} does not match the store's tiles ({ms.tile_size}); omit tile_size "
+                f"(CLI --tile-size) to use the store's, or copy the store to new tiles with "
+                f"bigspec.from_array({ms.url!r}, NEW_PATH, tile_size={tile_size})",
+                tile_size=tile_size, store_tile_size=ms.tile_size)
+        b = ms.tile_size
+    else:
+        b = min(check_tile_size(config.get("tile-size") if tile_size is None else tile_size), n)
+        if checkpoint:
+            raise ValueError("checkpoint=True (CLI --checkpoint) needs a matrix store to keep the factor in; "
+                             "write one with bigspec.from_array(A, path) (CLI: bigspec import)")
     scale, shift = _check_scale_shift(scale, shift, n)
     if client is None:
         client = current_client()
@@ -402,162 +558,270 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         threads, blas_threads = local_threads(threads)
     budget = _budget(memory, client, worker_memory)
     digest = _shift_digest(scale, shift)
-    tmp_factor = None
-    try:
-        # plan once without resume to learn whether the matrix fits in one panel
-        probe = make_plan(n, b, dtype.itemsize, method, budget, threads, workers,
-                          max_tasks=config.get("max-graph-tasks", 100_000))
-        if checkpoint and ms is None:
-            raise ValueError("checkpoint=True needs a matrix store; write one with bigspec.from_array(A, path)")
-        use_store = ms is not None and (checkpoint or (checkpoint is None and not probe.in_memory))
-        factor = None
-        if use_store and dry_run:
-            meta = dict(ms.group["factor"].attrs.get("bigspec_factor", {})) if "factor" in ms.group else {}
+    max_tasks = config.get("max-graph-tasks", 100_000)
+    itemsize = COMPUTE_DTYPE.itemsize
+    # plan once without resume to learn whether the matrix fits in one panel
+    probe = make_plan(n, b, itemsize, method, budget, threads, workers, max_tasks=max_tasks,
+                      storage_itemsize=m.dtype.itemsize)
+    use_store = ms is not None and (checkpoint or (checkpoint is None and not probe.in_memory))
+    if dry_run:
+        start = 0
+        if use_store and "factor" in ms.group:
+            meta = dict(ms.group["factor"].attrs.get("bigspec_factor", {}))
             same = meta.get("params") == digest and meta.get("method") == method
             start = int(meta.get("columns_done", 0)) if same and not overwrite else 0
-            return make_plan(n, b, dtype.itemsize, method, budget, threads, workers, start_column=start,
-                             max_tasks=config.get("max-graph-tasks", 100_000))
-        if use_store:
-            fgroup = ms.group.require_group("factor")
-            factor = _Factor(fgroup, n, b, dtype, method, digest, overwrite)
-            if factor.meta.get("complete") and not dry_run:
-                return _cached_result(ms, factor, method, b, budget, device, scale, shift, t_start)
-        start = factor.columns_done if factor is not None else 0
-        resumed_panels = int(factor.meta.get("panels_done", 0)) if factor is not None and start else 0
-        plan = make_plan(n, b, dtype.itemsize, method, budget, threads, workers, start_column=start,
-                         write_factor=factor is not None or not probe.in_memory,
-                         max_tasks=config.get("max-graph-tasks", 100_000))
-        if dry_run:
-            return plan
+        return make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
+                         write_factor=use_store or not probe.in_memory, max_tasks=max_tasks,
+                         storage_itemsize=m.dtype.itemsize)
+    factor = None
+    if use_store:
+        factor = _Factor(ms.group.require_group("factor"), n, b, method, digest, overwrite)
+        refresh_consolidated(ms.group)
+        if factor.meta.get("complete"):
+            return _result(ms=ms, factor=factor, method=method, b=b, budget=budget, device=device, scale=scale,
+                           shift=shift, t_start=t_start, dtype=m.dtype)
+    start = factor.columns_done if factor is not None else 0
+    resumed_panels = int(factor.meta.get("panels_done", 0)) if factor is not None and start else 0
+    plan = make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
+                     write_factor=factor is not None or not probe.in_memory, max_tasks=max_tasks,
+                     storage_itemsize=m.dtype.itemsize)
+    tmp = []
+    try:
+        source = m.source
+        if ms is None and (m.kind == "dask" or (m.kind == "numpy" and client is not None)):
+            # tasks cannot slice a dask array, and a numpy array would travel inside every task:
+            # copy the validated matrix to a temporary store the workers read
+            tmp.append(tempfile.mkdtemp(prefix="bigspec-matrix-"))
+            copy = create_matrix(zarr.open_group(f"{tmp[-1]}/matrix.zarr", mode="w"), n, b, m.dtype)
+            write_matrix(m, copy)
+            source = copy.view()
+        _warn_if_local(client, ms, m, factor is None and not plan.in_memory)
         if factor is None and not plan.in_memory:
-            tmp_factor = tempfile.mkdtemp(prefix="bigspec-factor-")
-            factor = _Factor(zarr.open_group(tmp_factor, mode="w"), n, b, dtype, method, digest, True)
-            if client is not None and not _is_local(client):
-                warnings.warn("checkpoint=False spills the factor to a local temporary directory, "
-                              "which remote workers cannot read; use a store on shared storage", stacklevel=3)
-        write = factor is not None
+            tmp.append(tempfile.mkdtemp(prefix="bigspec-factor-"))
+            factor = _Factor(zarr.open_group(tmp[-1], mode="w"), n, b, method, digest, True)
         if not plan.in_memory:
             # out of core the budget is binding: freed tiles must leave the process (in memory
             # the mmap page faults cost 5-15%, measured, and nothing needs returning)
             return_freed_tiles_to_os()
             if client is not None:
                 client.run(return_freed_tiles_to_os)
-        result = _run(plan, source, factor, scale, shift, dtype, device, client, threads, write, progress,
-                      blas_threads)
+        run = _run(plan, source, factor, scale, shift, device, client, threads, progress, blas_threads,
+                   root=ms.group if use_store else None, workers=workers)
+        if run["log_d"] is not None and start > 0:
+            prev_log, prev_sign = factor.load_d(start * b)
+            run["log_d"] = np.concatenate([prev_log, run["log_d"]])
+            run["sign_d"] = np.concatenate([prev_sign, run["sign_d"]])
     finally:
-        if tmp_matrix:
-            shutil.rmtree(tmp_matrix, ignore_errors=True)
-        if tmp_factor:
-            shutil.rmtree(tmp_factor, ignore_errors=True)
-    log_d, sign_d, stats, singular_at, computed, tasks = result
-    if factor is not None and not tmp_factor and start > 0:
-        prev_log, prev_sign = factor.load_d(plan.panels[0][0] * b if plan.panels else n)
-        log_d = np.concatenate([prev_log, log_d])
-        sign_d = np.concatenate([prev_sign, sign_d])
-    res = _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, budget, scale, shift,
-                       stats, singular_at, ms, device, cached=False, resumed_panels=resumed_panels)
+        for path in tmp:
+            shutil.rmtree(path, ignore_errors=True)
+    res = _result(ms=ms, factor=None, method=method, b=b, budget=budget, device=device, scale=scale, shift=shift,
+                  t_start=t_start, dtype=m.dtype, plan=plan, run=run, resumed_panels=resumed_panels, n=n)
     if ms is not None:
         _record(ms, res)
     return res
 
 
+def _warn_if_local(client, ms, m, spills):
+    if client is None or _is_local(client):
+        return
+    if spills:
+        warnings.warn("checkpoint=False spills the factor to a local temporary directory, which remote "
+                      "workers cannot read; use a store on shared storage", stacklevel=4)
+    url = ms.url if ms is not None else None
+    if url is not None and "://" not in url:
+        warnings.warn(f"the store {url} is a local path but the Dask scheduler is remote: every worker must "
+                      f"see the same path (shared storage), or use a URL such as s3://", stacklevel=4)
+    if ms is None and m.kind in ("numpy", "dask"):
+        warnings.warn("an in-memory matrix is copied to a local temporary store, which remote workers "
+                      "cannot read; write it to shared storage with bigspec.from_array first", stacklevel=4)
+
+
 def _is_local(client) -> bool:
     addr = str(getattr(client.scheduler, "address", ""))
-    return addr.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tls://127."))
+    return addr.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tls://127.", "tcp://[::1]"))
 
 
-def _run(plan, source, factor, scale, shift, dtype, device, client, threads, write, progress,
-         blas_threads=None):
+def _widest_group(plan, k0, k1, workers):
+    """Tile columns of the widest pivot group one worker can hold beside its share of the panel."""
+    b = plan.tile_size
+    avail = (plan.budget - plan.panel_memory(k0, k1)) / max(workers, 1)
+    P = int(math.isqrt(max(int(avail // (3 * COMPUTE_DTYPE.itemsize)), 0)))  # the block, its strips, LAPACK
+    return max(1, min(k1 - k0, P // b))
+
+
+def _run(plan, source, factor, scale, shift, device, client, threads, progress, blas_threads=None,
+         root=None, workers=1):
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
     bounds = [(i * b, min((i + 1) * b, n)) for i in range(nt)]
-    total_outputs = sum(nt - k for k0, k1 in plan.panels for k in range(k0, k1))
+    ldl = plan.method == "ldl"
+    write = factor is not None
+    stats = {"max_abs_L": 0.0, "min_abs_d": math.inf, "max_abs_d": 0.0, "growth": 0.0, "growth_row": None,
+             "scale": 0.0, "pivot_groups": []}
+    if factor is not None and factor.columns_done:
+        stats.update(factor.stats)          # diagnostics merge over every run of a resumed job
+    s_rows = np.zeros(n)                    # growth sums per row, accumulated over panels
+    if factor is not None and factor.columns_done and "s_rows" in factor.group:
+        s_rows = np.asarray(factor.group["s_rows"][:])
     log_parts, sign_parts = [], []
-    stats = {"max_abs_L": 0.0, "min_abs_d": math.inf, "max_abs_d": 0.0}
-    singular_at = None
-    tasks = 0
-    computed = 0
-    factor_arrays = factor.arrays() if factor is not None else {"L": None, "D": None}
-    bar_ctx = Progress(total_outputs + len([1 for p in plan.panels for _ in range(*p)]),
-                       label=f"bigspec {plan.method}", enabled=want_progress(progress))
-    with bar_ctx as bar:
+    singular_at, computed, tasks = None, 0, 0
+    arrays = factor.arrays() if factor is not None else {"L": None, "D": None}
+    per_tile = write or not ldl    # gathered per L tile: its write, or (Cholesky in memory) its max|L|
+    total = sum((k1 - k0) + ldl + per_tile * sum(nt - k for k in range(k0, k1)) for k0, k1 in plan.panels)
+    with Progress(total, label=f"bigspec {plan.method}", enabled=want_progress(progress)) as bar:
         for k0, k1 in plan.panels:
-            dsk, outputs, infos = panel_graph(plan, k0, k1, source, factor_arrays, scale, shift,
-                                              dtype, device, write)
-            tasks += len(dsk)
-            try:
-                values = run_graph(dsk, infos + outputs, client, threads, bar, blas_threads)
-            except tiles.ZeroPivot as zp:
-                singular_at = zp.row
+            c = bounds[k0][0]
+            widest = _widest_group(plan, k0, k1, workers) if ldl else 1
+            group = 1
+            while True:
+                can_widen = ldl and group < widest
+                g = panel_graph(plan, k0, k1, source, arrays, scale, shift, device, write, group,
+                                GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"])
+                tasks += len(g.dsk)
+                try:
+                    values = run_graph(g.dsk, g.keys, client, threads, bar, blas_threads)
+                except (tiles.ZeroPivot, NeedsPivoting) as e:
+                    if can_widen:
+                        logger.info("panel %d:%d: %s with pivoting inside %d tile(s); factoring it again with "
+                                    "Bunch-Kaufman across %d tiles", k0, k1, _why(e), group, widest)
+                        group = widest
+                        continue
+                    if isinstance(e, NeedsPivoting):  # pragma: no cover - the limit is inf then
+                        raise
+                    if k1 == nt and group >= k1 - k0:
+                        singular_at = e.row
+                        break
+                    raise _unstable(plan, e.row, None, group, k0, k1, b) from None
+                break
+            if singular_at is not None:
                 warnings.warn(
-                    f"log|det| = -inf: an exact zero pivot at row {zp.row} (tile {zp.tile}). The matrix "
-                    f"is singular, or a leading diagonal block of it is (pivoting stays inside each "
-                    f"tile and cannot step over that); a random symmetric permutation of a "
-                    f"nonsingular matrix avoids the latter", SingularMatrixWarning, stacklevel=3)
+                    f"log|det| = -inf: an exact zero pivot at row {singular_at} with Bunch-Kaufman pivoting over "
+                    f"the whole remaining matrix: the matrix is singular (rank deficient); add a ridge with "
+                    f"shift= to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
                 break
             computed += 1
-            info_values = values[: len(infos)]
-            Lmax = max(values[len(infos):], default=0.0)
-            for info in info_values:
+            infos = values[: len(g.infos)]
+            check = values[len(g.infos)] if g.check else None
+            outs = values[len(g.infos) + (1 if g.check else 0):]
+            for (g0, g1), info in zip(g.groups, infos):
                 log_parts.append(info["log_d"])
                 sign_parts.append(info["sign_d"])
-                finite = np.exp(info["log_d"])
-                stats["min_abs_d"] = min(stats["min_abs_d"], float(finite.min(initial=math.inf)))
-                stats["max_abs_d"] = max(stats["max_abs_d"], float(finite.max(initial=0.0)))
-            stats["max_abs_L"] = max(stats["max_abs_L"], Lmax)
+                stats["min_abs_d"] = min(stats["min_abs_d"], info["pivot_min"])
+                stats["max_abs_d"] = max(stats["max_abs_d"], info["pivot_max"])
+                if g1 - g0 > 1:
+                    stats["pivot_groups"] = stats["pivot_groups"] + [[bounds[g0][0], bounds[g1 - 1][1]]]
+            stats["max_abs_L"] = max(stats["max_abs_L"], max(outs, default=0.0),
+                                     check["max_abs_L"] if check else 0.0)
+            if check is not None:
+                s_rows[c:] = check["s"]
+                stats["scale"] = check["scale"]
+                if check["growth"] >= stats["growth"]:
+                    stats["growth"], stats["growth_row"] = check["growth"], check["growth_row"]
+                if check["growth"] > GROWTH_LIMIT and not (k1 == nt and group >= k1 - k0):
+                    raise _unstable(plan, check["growth_row"], check["growth"], group, k0, k1, b)
             if factor is not None:
-                factor.save_columns(list(zip(range(k0, k1), info_values)), bounds, k1, stats,
-                                    complete=k1 == nt)
+                grp = [(bounds[g0][0], bounds[g1 - 1][1]) for g0, g1 in g.groups]
+                factor.save_columns(list(zip(grp, infos)), k1, _json_stats(stats), complete=k1 == nt, root=root)
+                if ldl:
+                    if "s_rows" not in factor.group:
+                        factor.group.create_array("s_rows", shape=(n,), chunks=(max(n, 1),), dtype="float64",
+                                                  fill_value=0.0, overwrite=True)
+                    factor.group["s_rows"][:] = s_rows
             _after_panel(k0, k1)
-    if singular_at is not None:
-        return None, None, stats, singular_at, computed, tasks
-    log_d = np.concatenate(log_parts) if log_parts else np.zeros(0)
-    sign_d = np.concatenate(sign_parts) if sign_parts else np.zeros(0, np.int8)
-    return log_d, sign_d, stats, None, computed, tasks
+    log_d = np.concatenate(log_parts) if log_parts and singular_at is None else (None if singular_at is not None
+                                                                                 else np.zeros(0))
+    sign_d = np.concatenate(sign_parts) if sign_parts and singular_at is None else (None if singular_at is not None
+                                                                                    else np.zeros(0, np.int8))
+    return {"log_d": log_d, "sign_d": sign_d, "stats": stats, "singular_at": singular_at, "computed": computed,
+            "tasks": tasks}
+
+
+def _why(e) -> str:
+    if isinstance(e, tiles.ZeroPivot):
+        return f"an exact zero pivot at row {e.row}"
+    return f"element growth {e.growth:.3g} at row {e.row}"
+
+
+def _unstable(plan, row, growth, group, k0, k1, b):
+    width = min(group * b, plan.n - k0 * b)
+    need = plan.n - k0 * b
+    what = (f"an exact zero pivot at row {row}" if growth is None else
+            f"element growth {growth:.3g} at row {row} (above {GROWTH_LIMIT:g}: the log-determinant would be "
+            f"unreliable)")
+    return UnstableFactorizationError(
+        f"LDL^T met {what} even with Bunch-Kaufman pivoting across {width} columns: the matrix needs symmetric "
+        f"pivoting across more columns than the memory budget ({format_bytes(plan.budget)}) lets one worker hold. "
+        f"Give it more memory (memory=, CLI --memory: pivoting over all {need} remaining columns needs about "
+        f"{format_bytes(3 * 8 * need * need)} more), reorder the matrix so that its leading blocks are well "
+        f"conditioned (e.g. a saddle-point matrix with its constraint rows last, or a random symmetric "
+        f"permutation), or, if it is meant to be positive definite, use method='cholesky' with shift=",
+        row=row, growth=growth, pivot_columns=width)
+
+
+def _json_stats(stats):
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}
 
 
 def _after_panel(k0, k1):
     """Hook called after each finished super-panel (tests use it to simulate a killed job)."""
 
 
-def _make_result(log_d, sign_d, n, b, method, plan, computed, tasks, t_start, budget, scale, shift,
-                 stats, singular_at, ms, device, cached, resumed_panels=0):
+def singular_tolerance(n: int, dtype) -> float:
+    """Pivot ratio min|d| / max|d| below which a matrix is numerically singular.
+
+    ``n * eps`` of the float64 arithmetic, or the storage precision's eps when that is larger
+    (a float32 matrix is only known to ~6e-8 relative).
+    """
+    return max(n * np.finfo(np.float64).eps, float(np.finfo(np.dtype(dtype)).eps))
+
+
+def _result(*, ms, factor, method, b, budget, device, scale, shift, t_start, dtype, plan=None, run=None,
+            resumed_panels=0, n=None):
+    """The LogdetResult of a run (or of a complete factor in the store), with its warnings."""
+    if run is None:                                   # the cached answer of a complete factor
+        log_d, sign_d = factor.load_d(ms.n)
+        run = {"log_d": log_d, "sign_d": sign_d, "stats": factor.stats, "singular_at": None, "computed": 0,
+               "tasks": 0}
+        resumed_panels = int(factor.meta.get("panels_done", 0))
+    n = ms.n if n is None else n
     summary = plan.summary() if plan is not None else {}
-    d = kron_outputs(ms) if ms is not None else 1  # logdet(K (x) I_d) = d logdet K
-    if singular_at is not None:
+    d = kron_outputs(ms) if ms is not None else 1     # logdet(K (x) I_d) = d logdet K
+    stats = run["stats"]
+    log_d, sign_d = run["log_d"], run["sign_d"]
+    if run["singular_at"] is not None:
         sign, logabsdet = 0, -math.inf
-        log_d = sign_d = None
     else:
-        sign = int(np.prod(sign_d)) if len(sign_d) else 1
-        sign = sign ** d
+        sign = (int(np.prod(sign_d)) if len(sign_d) else 1) ** d
         logabsdet = d * math.fsum(log_d)
-    max_L = float(stats.get("max_abs_L", float("nan")))
-    if method == "ldl" and max_L > 1e4:
-        warnings.warn(f"LDL^T element growth max|L| = {max_L:.3g} > 1e4: the log-determinant may be "
-                      f"inaccurate; a random symmetric permutation of the matrix usually helps", GrowthWarning,
-                      stacklevel=4)
+    growth = float(stats.get("growth") or 0.0)
+    lo, hi = stats.get("min_abs_d"), stats.get("max_abs_d")
+    ratio = (lo / hi) if lo is not None and hi and math.isfinite(lo) else float("nan")
+    tol = singular_tolerance(n, dtype)
+    if run["singular_at"] is None and ratio < tol:
+        warnings.warn(
+            f"the matrix is numerically singular: the smallest pivot is {ratio:.3g} of the largest "
+            f"(min|d| = {lo:.3g}, max|d| = {hi:.3g}), below {tol:.3g} (n * eps), so log|det| = {logabsdet:.6g} is "
+            f"set by rounding, not by the matrix. Add a nugget with shift= (a ridge well above "
+            f"{tol * hi:.3g}) to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
+    elif method == "ldl" and growth > GROWTH_RETRY:
+        warnings.warn(
+            f"LDL^T element growth {growth:.3g} at row {stats.get('growth_row')} even with Bunch-Kaufman pivoting "
+            f"across the remaining matrix: the relative backward error may reach {growth * 1.1e-16:.1g} of max|A|",
+            GrowthWarning, stacklevel=4)
     return LogdetResult(
         sign=sign, logabsdet=logabsdet, n=n, tile_size=b, method=method,
         super_panels=summary.get("super_panels", 0) + resumed_panels,
-        panels_computed=computed, tasks=tasks, seconds=time.perf_counter() - t_start,
+        panels_computed=run["computed"], tasks=run["tasks"], seconds=time.perf_counter() - t_start,
         bytes_read=int(summary.get("bytes_read", 0)), bytes_written=int(summary.get("bytes_written", 0)),
         memory_budget=int(budget), peak_memory_estimate=int(summary.get("peak_memory", 0)),
-        scale=scale, shift=_shift_summary(shift), max_abs_L=max_L,
-        min_abs_d=float(stats.get("min_abs_d", float("nan"))),
-        max_abs_d=float(stats.get("max_abs_d", float("nan"))), singular_at=singular_at,
-        store=ms.url if ms is not None else None, device=device, cached=cached, kron_outputs=d,
-        log_d=log_d, sign_d=sign_d,
+        scale=scale, shift=_shift_summary(shift), max_abs_L=float(stats.get("max_abs_L") or 0.0),
+        min_abs_d=float(lo) if lo is not None else float("nan"), max_abs_d=float(hi) if hi is not None else float("nan"),
+        growth=growth, pivot_groups=tuple(tuple(p) for p in stats.get("pivot_groups", [])),
+        singular_at=run["singular_at"], store=ms.url if ms is not None else None, device=device,
+        cached=factor is not None, kron_outputs=d, log_d=log_d, sign_d=sign_d,
     )
 
 
-def _cached_result(ms, factor, method, b, budget, device, scale, shift, t_start):
-    log_d, sign_d = factor.load_d(ms.n)
-    stats = factor.meta.get("stats", {})
-    return _make_result(log_d, sign_d, ms.n, b, method, None, 0, 0, t_start, budget, scale, shift,
-                        stats, None, ms, device, cached=True,
-                        resumed_panels=int(factor.meta.get("panels_done", 0)))
-
-
-def _record(ms: MatrixStore, res: LogdetResult) -> None:
+def _record(ms, res: LogdetResult) -> None:
     try:
         results = dict(ms.attrs.get("results", {}))
         results[f"logdet-{res.method}"] = res.to_dict()

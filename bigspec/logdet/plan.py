@@ -42,6 +42,7 @@ class Plan:
     start_column: int = 0               # tile columns already factored (resume)
     panels: tuple = field(default=())   # (first tile col, stop tile col) per panel to run
     write_factor: bool = True
+    storage_itemsize: int = 8           # bytes per stored entry (tiles are factored in float64)
 
     @property
     def n_tiles(self) -> int:
@@ -64,17 +65,23 @@ class Plan:
                              self.row_chunks(k0, k1), self.method == "ldl")
 
     def panel_tasks(self, k0: int, k1: int) -> int:
+        """Tasks of one super-panel's graph (pivoting inside each tile; tests check it against the graph)."""
         nt = self.n_tiles
+        ldl = self.method == "ldl"
+        per_tile = self.write_factor or not ldl      # a write, or (Cholesky in memory) a max|L|
         tasks = 0
         for k in range(k0, k1):
-            tasks += 2 + 2 * (nt - k - 1)          # factor, info, solve, and write or amax
+            tasks += 3 + (nt - k - 1)                # factor, info, L; solves below
+            tasks += (nt - k) * (ldl + per_tile)     # growth stats (LDL^T); write or max|L|
             for j in range(k + 1, k1):
-                tasks += (nt - j) + 1              # updates of column j, one D-scaled tile
+                tasks += (nt - j) + ldl              # updates of column j, one D-scaled tile
+        reads = sum(nt - k for k in range(k0, k1))
         if k0 > 0:
-            tasks += self.row_chunks(k0, k1) + sum(nt - k for k in range(k0, k1))  # updates, getitems
+            chunks = self.row_chunks(k0, k1)
+            tasks += chunks + reads + ldl * chunks   # updates, getitems, max|A| of each row block
         else:
-            tasks += sum(nt - k for k in range(k0, k1))                            # reads
-        return tasks
+            tasks += reads * (1 + ldl)               # reads, max|A| of each tile
+        return tasks + ldl                           # the growth check
 
     def summary(self) -> dict:
         """Tasks, flops, bytes moved and peak memory, for ``--dry-run``."""
@@ -88,7 +95,7 @@ class Plan:
             rows = n - c
             flops += 2.0 * rows * W * c                                   # left-looking GEMMs
             flops += rows * W * W - 2.0 * W ** 3 / 3                      # in-panel factorization
-            read_A += (rows * W - W * (W - b) // 2) * s
+            read_A += (rows * W - W * (W - b) // 2) * self.storage_itemsize
             if c:
                 chunks = self.row_chunks(k0, k1)
                 read_L += (rows * c + (chunks - 1) * W * c) * s
@@ -144,7 +151,7 @@ def _workspace(h: int, W: int, b: int, ldl: bool) -> int:
 
 def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
               workers: int = 1, start_column: int = 0, write_factor: bool = True,
-              max_tasks: int = 100_000) -> Plan:
+              max_tasks: int = 100_000, storage_itemsize: int | None = None) -> Plan:
     """Choose the widest super-panel that fits ``budget`` bytes (and ``max_tasks`` per graph)."""
     b = tile_size
     nt = -(-n // b)
@@ -164,11 +171,16 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
             need = _panel_memory(n, b, itemsize, threads, min(1, nt - 1), min(2, nt),
                                  _chunks(nt, min(1, nt - 1), min(2, nt), threads), ldl)
             need = max(need, _panel_memory(n, b, itemsize, threads, 0, 1, 1, ldl))
+            smaller = b // 2
+            while smaller >= 1 and _panel_memory(n, smaller, itemsize, threads, 0, 1, 1, ldl) > budget:
+                smaller //= 2
+            fix = (f"tile_size={smaller} would fit (tiles are fixed when a store is written: copy it with "
+                   f"bigspec.from_array(STORE, NEW_PATH, tile_size={smaller}), CLI `bigspec import`)"
+                   if smaller >= 1 else "no tile size fits this budget")
             raise MemoryBudgetError(
                 f"memory budget {format_bytes(budget)} is too small for even one tile column of "
                 f"this {n} x {n} matrix with tile_size={b} on {threads} threads: the minimum is "
-                f"{format_bytes(need)}; raise memory= (CLI --memory), use a smaller tile_size, "
-                f"or fewer threads",
+                f"{format_bytes(need)}; raise memory= (CLI --memory) or use fewer threads; {fix}",
                 budget=budget, minimum=need,
             )
         while lo < hi:                                  # largest w that fits
@@ -178,13 +190,14 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
             else:
                 hi = mid - 1
         w = lo
-    plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor)
+    si = itemsize if storage_itemsize is None else int(storage_itemsize)
+    plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor, si)
     while w > 1 and max((plan.panel_tasks(k0, min(k0 + w, nt))
                          for k0 in _starts(start_column, nt, w)[:1]), default=0) > max_tasks:
         w = max(1, int(w * 0.8))
-        plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor)
+        plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor, si)
     panels = tuple((k0, min(k0 + w, nt)) for k0 in _starts(start_column, nt, w))
-    return Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, panels, write_factor)
+    return Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, panels, write_factor, si)
 
 
 def _starts(start, nt, w):

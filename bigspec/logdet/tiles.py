@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 from scipy.linalg import blas, lapack
 
 from ..backend import namespace_of, to_device, to_host
@@ -44,13 +43,14 @@ class ZeroPivot(Exception):
 
 @dataclass
 class DiagonalFactor:
-    """Factor of one diagonal tile and its contribution to the determinant."""
+    """Factor of one diagonal block (a tile, or a pivot group of tiles) and its determinant."""
 
     L: object                 # Cholesky: lower L; LDL: unit lower L (rows in pivot order)
-    perm: np.ndarray | None   # LDL: Lt = L[invperm]; None for Cholesky
-    D: np.ndarray | None      # LDL: (2, b) host array, diag and subdiag of D; None for Cholesky
+    perm: np.ndarray | None   # LDL: T[perm][:, perm] = L D L^T; None for Cholesky
+    D: np.ndarray | None      # LDL: (2, k) host array, diag and subdiag of D; None for Cholesky
     log_d: np.ndarray         # log |d_i| of the determinant-preserving diagonal (float64)
     sign_d: np.ndarray        # sign of d_i (int8)
+    pivots: np.ndarray = None  # |eigenvalues| of D's 1x1 and 2x2 blocks (Cholesky: d_i = L_ii^2)
 
     @property
     def logabsdet(self) -> float:
@@ -60,16 +60,27 @@ class DiagonalFactor:
     def sign(self) -> int:
         return int(np.prod(self.sign_d))
 
+    @property
+    def majorant(self) -> np.ndarray:
+        """Diagonal d~ with |L| diag(d~) |L|^T >= |L| |D| |L|^T entrywise (growth bound, science.md 1.2)."""
+        if self.D is None:
+            return np.ones(self.log_d.shape)
+        diag, sub = np.abs(self.D[0]), np.abs(self.D[1])
+        out = diag + sub
+        out[1:] += sub[:-1]
+        return out
+
 
 def _c(x):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 def factor_diagonal(T, method: str, tile=(0, 0), offset: int = 0) -> DiagonalFactor:
-    """Factor a symmetric diagonal tile (only its lower triangle is read).
+    """Factor a symmetric diagonal block (only its lower triangle is read).
 
-    Raises :class:`NotPositiveDefiniteError` (Cholesky) naming the tile and global pivot
-    row, or :class:`ZeroPivot` (LDL^T) on an exact zero pivot.
+    For LDL^T the block may span several tiles (a pivot group): Bunch-Kaufman pivoting then
+    reaches across all of it. Raises :class:`NotPositiveDefiniteError` (Cholesky) naming the
+    tile and global pivot row, or :class:`ZeroPivot` (LDL^T) on an exact zero pivot.
     """
     xp = namespace_of(T)
     if method == "cholesky":
@@ -89,20 +100,65 @@ def factor_diagonal(T, method: str, tile=(0, 0), offset: int = 0) -> DiagonalFac
                 tile=tuple(tile), pivot=int(row),
             )
         diag = to_host(xp.diagonal(L)).astype(np.float64)
-        return DiagonalFactor(L, None, None, 2.0 * np.log(diag), np.ones(diag.shape, np.int8))
-    # LDL^T with Bunch-Kaufman pivoting restricted to the tile (on the host: no GPU sytrf)
+        return DiagonalFactor(L, None, None, 2.0 * np.log(diag), np.ones(diag.shape, np.int8), diag * diag)
+    # LDL^T with Bunch-Kaufman pivoting across the whole block (on the host: no GPU sytrf)
     host = to_host(T)
-    lu, d, perm = scipy.linalg.ldl(host, lower=True, hermitian=False, overwrite_a=True,
-                                   check_finite=False)
-    diag = np.diagonal(d).astype(np.float64)
-    sub = np.zeros_like(diag)
-    sub[:-1] = np.diagonal(d, -1)
+    # an F-ordered block (an assembled pivot group) is this task's own: factor it in place
+    L, diag, sub, perm = bunch_kaufman(host, overwrite=host is T and host.flags.f_contiguous)
     log_d, sign_d, zero = _fold_determinant(diag, sub)
     if zero is not None:
         raise ZeroPivot(offset + zero, tuple(tile))
-    L = np.ascontiguousarray(lu[perm])
     return DiagonalFactor(to_device(L, "gpu") if xp is not np else L, perm,
-                          np.stack([diag, sub]), log_d, sign_d)
+                          np.stack([diag, sub]), log_d, sign_d, _block_pivots(diag, sub))
+
+
+def bunch_kaufman(T: np.ndarray, overwrite: bool = False):
+    """``T[perm][:, perm] = L D L^T`` by LAPACK's Bunch-Kaufman ``sytrf`` (lower triangle of T read).
+
+    Returns (L, diag, sub, perm): L unit lower triangular (F-ordered), D's diagonal and its
+    subdiagonal (``sub[k] != 0`` marks the 2x2 block (k, k+1)), and the symmetric permutation.
+    ``syconv`` turns LAPACK's interleaved factor into that form in place, so the block is held
+    once (scipy.linalg.ldl would also build the dense n x n D); with ``overwrite`` an
+    F-ordered float64 ``T`` is factored in its own memory.
+    """
+    n = T.shape[0]
+    a = np.array(T, dtype=np.float64, order="F", copy=None if overwrite else True)
+    lwork = max(int(lapack.dsytrf_lwork(n, lower=1)[0]), 1)
+    a, ipiv, info = lapack.dsytrf(a, lower=1, lwork=lwork, overwrite_a=1)
+    if info < 0:  # pragma: no cover - an argument error, not the matrix
+        raise ValueError(f"LAPACK dsytrf: illegal argument {-info}")
+    a, sub, _ = lapack.dsyconv(a, ipiv, lower=1, way=0, overwrite_a=1)
+    diag = np.diagonal(a).copy()
+    for c0 in range(0, n, 1024):                       # L: unit lower, zero above (in place, blockwise)
+        c1 = min(c0 + 1024, n)
+        a[:c0, c0:c1] = 0.0
+        blk = a[c0:c1, c0:c1]
+        blk[np.triu_indices(c1 - c0, 1)] = 0.0
+    a[np.diag_indices(n)] = 1.0
+    perm = np.arange(n)
+    k = 0
+    while k < n:                                        # LAPACK's interchanges, in order
+        p = ipiv[k]
+        if p > 0:
+            perm[[k, p - 1]] = perm[[p - 1, k]]
+            k += 1
+        else:
+            perm[[k + 1, -p - 1]] = perm[[-p - 1, k + 1]]
+            k += 2
+    sub = np.asarray(sub, dtype=np.float64)
+    sub[-1:] = 0.0
+    return a, diag, sub, perm
+
+
+def _block_pivots(diag, sub):
+    """|eigenvalues| of D's blocks: |d| for 1x1, the two |lambda| of each 2x2 block."""
+    out = np.abs(diag).astype(np.float64)
+    starts = np.flatnonzero(sub != 0)
+    if starts.size:
+        a, c, e = diag[starts], sub[starts], diag[starts + 1]
+        mid, rad = (a + e) / 2, np.hypot((a - e) / 2, c)
+        out[starts], out[starts + 1] = np.abs(mid - rad), np.abs(mid + rad)
+    return out
 
 
 def _cupy_cholesky(T):  # pragma: no cover - needs a GPU
@@ -136,8 +192,14 @@ def _fold_determinant(diag, sub):
     return log_d, np.sign(d).astype(np.int8), (int(zeros[0]) if zeros.size else None)
 
 
+def growth_rows(L, majorant) -> np.ndarray:
+    """Row sums ``sum_k L_ik^2 d~_k`` of one block of L (the growth bound's diagonal, science.md 1.2)."""
+    host = to_host(L)
+    return (host * host) @ np.asarray(majorant, dtype=np.float64)
+
+
 def solve_below(T, F: DiagonalFactor):
-    """``L_ik = T_ik Lt^{-T} D^{-1}`` for a tile below the diagonal (in place on numpy)."""
+    """``L_ik = T_ik[:, perm] L^{-T} D^{-1}`` for a block below the diagonal (in place on numpy)."""
     xp = namespace_of(T)
     unit = F.perm is not None
     if unit:
@@ -146,7 +208,10 @@ def solve_below(T, F: DiagonalFactor):
         T = _c(T)
         trsm = blas.get_blas_funcs("trsm", (T,))
         # C-ordered T is F-ordered T^T: solve L Y = T^T, Y = (T L^{-T})^T, in T's memory
-        Y = trsm(1.0, F.L.T, T.T, side=0, lower=0, trans_a=1, diag=int(unit), overwrite_b=1)
+        if F.L.flags.f_contiguous:
+            Y = trsm(1.0, F.L, T.T, side=0, lower=1, trans_a=0, diag=int(unit), overwrite_b=1)
+        else:
+            Y = trsm(1.0, F.L.T, T.T, side=0, lower=0, trans_a=1, diag=int(unit), overwrite_b=1)
         X = Y.T
     else:  # pragma: no cover - needs a GPU
         import cupyx.scipy.linalg as cpl
@@ -175,6 +240,27 @@ def scale_by_D(X, D):
         starts = starts if xp is np else xp.asarray(starts)
         out[:, starts] += X[:, starts + 1] * c
         out[:, starts + 1] += X[:, starts] * c
+    return out
+
+
+def scale_by_D_columns(X, D, left=None, right=None):
+    """``(L D)[:, c0:c1]`` from ``X = L[:, c0:c1]`` when D's 2x2 blocks may cross c0 or c1.
+
+    ``D`` is (2, c1 - c0) for these columns. A block (c0 - 1, c0) crossing the left edge is
+    given as ``left = (L[:, c0 - 1], sub[c0 - 1])``; a block (c1 - 1, c1) crossing the right
+    edge as ``right = (L[:, c1], sub[c1 - 1])``. Blocks cross tile edges only inside a pivot
+    group wider than one tile.
+    """
+    if D is None:
+        return X
+    if right is not None:
+        D = D.copy()
+        D[1, -1] = 0.0
+    out = scale_by_D(X, D)
+    if left is not None:
+        out[:, 0] += left[0] * left[1]
+    if right is not None:
+        out[:, -1] += right[0] * right[1]
     return out
 
 

@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
-from ..errors import InvalidMatrixError
 from .free import InvalidSpectrumError, free_decompress
 
 
@@ -43,15 +42,17 @@ def _compute(tasks, client):
 
 
 def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size=None, seed=0, client=None,
-             device="cpu", storage_options=None, **options):
+             device="cpu", storage_options=None, triangle=None, missing_chunks="error", **options):
     """Eigenvalue density of a matrix too large to diagonalize, from sampled principal submatrices.
 
     Parameters
     ----------
-    A : str, os.PathLike, zarr.Group or MatrixStore, optional
+    A : str, os.PathLike, zarr.Group, MatrixStore, or numpy / dask / zarr array, optional
         A store written by :func:`bigspec.form` (rows in random order) or
-        :func:`bigspec.from_array` (whose rows are taken to be in random order: permute them
-        first if they are not). Samples are its disjoint diagonal blocks.
+        :func:`bigspec.from_array`, a ``.npy`` file, a zarr array or an in-memory array (whose
+        rows are taken to be in random order: permute them first if they are not), validated
+        like every matrix input (:func:`bigspec.matrix.as_matrix`). Samples are its disjoint
+        diagonal blocks.
     kernel, X : optional
         Instead of a store: a kernel (name or instance) and data. Each sample is a seeded
         random subset of ``sample_size`` data points; only its block is formed.
@@ -67,6 +68,8 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         Default: the current client, else Dask's threaded scheduler.
     device : {"cpu", "gpu"}
         ``"gpu"`` runs eigvalsh (and the kernel block) with cupy.
+    triangle, missing_chunks :
+        For array inputs, as in :func:`bigspec.logdet`.
     **options
         Passed to :func:`free_decompress` (``degree``, ``glue``, ``grid``, ``support``...).
 
@@ -90,32 +93,31 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         raise TypeError("pass either a store A or kernel= and X=, not both (and not neither)")
     n_samples = int(n_samples)
     if n_samples < 1:
-        raise InvalidSpectrumError(f"n_samples must be >= 1, got {n_samples}")
+        raise InvalidSpectrumError(f"n_samples must be >= 1 (disjoint diagonal blocks to sample), got {n_samples}")
 
     if A is not None:
-        from ..store import MatrixStore, open_matrix
+        from ..matrix import as_matrix
 
         if kernel_params:
             raise TypeError(f"unexpected options {sorted(kernel_params)}")
-        ms = A if isinstance(A, MatrixStore) else open_matrix(A, mode="r", storage_options=storage_options)
-        if not ms.symmetric:
-            raise InvalidMatrixError(
-                f"store {ms.url} holds a non-symmetric matrix; spectrum() needs a symmetric one "
-                "(re-import it with bigspec.from_array(..., symmetric=True) after symmetrizing)")
-        ms.check_complete()
-        n = ms.n
-        perm = ms.attrs.get("permutation")
+        m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options)
+        n = m.n
+        ms = m.store
+        perm = ms.attrs.get("permutation") if ms is not None else None
         if isinstance(perm, dict) and not perm.get("shuffle", True):
             warnings.warn(
                 f"store {ms.url} was formed with shuffle=False: its "
                 "diagonal blocks are not random samples and the density may be biased; form it with shuffle=True",
                 RandomOrderWarning, stacklevel=2)
         sample_size = _sample_size(sample_size, n, n_samples)
-        A_dask = ms.to_dask()
-        tasks = [dask.delayed(_eigvalsh_block)(A_dask[j * sample_size:(j + 1) * sample_size,
-                                                      j * sample_size:(j + 1) * sample_size], device)
-                 for j in range(n_samples)]
-        source = ms.url
+        spans = [(j * sample_size, (j + 1) * sample_size) for j in range(n_samples)]
+        if m.kind == "numpy":   # in memory: slice here, so a task carries its block, not the matrix
+            blocks = [m.block(r0, r1, r0, r1) for r0, r1 in spans]
+        else:                   # stores, zarr and dask arrays: the workers read their blocks
+            big = m.to_dask(ms.tile_size if ms is not None else min(sample_size, 4096))
+            blocks = [big[r0:r1, r0:r1] for r0, r1 in spans]
+        tasks = [dask.delayed(_eigvalsh_block)(blk, device) for blk in blocks]
+        source = ms.url if ms is not None else f"{m.kind} array"
         rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
     else:
         from ..form import _check_finite, _load_data
@@ -146,6 +148,11 @@ _DECOMPRESS_OPTIONS = set(inspect.signature(free_decompress).parameters) - {"eig
 
 
 def _sample_size(sample_size, n, n_samples):
+    if n_samples > n // 2:
+        raise InvalidSpectrumError(
+            f"n_samples={n_samples} disjoint samples of at least 2 rows need {2 * n_samples} rows, but the matrix has "
+            f"{n}; use n_samples <= {max(n // 2, 1)}" if n >= 2 else
+            f"the matrix has {n} row(s): a spectrum needs samples of at least 2 rows")
     if sample_size is None:
         sample_size = min(n // n_samples, 4096)
     sample_size = int(sample_size)
@@ -154,7 +161,8 @@ def _sample_size(sample_size, n, n_samples):
     if sample_size * n_samples > n:
         raise InvalidSpectrumError(
             f"{n_samples} disjoint samples of {sample_size} rows need {sample_size * n_samples} rows, but the matrix "
-            f"has {n}; lower sample_size to at most {n // n_samples} or n_samples to at most {n // sample_size}")
+            f"has {n}; lower sample_size to at most {n // n_samples}"
+            + (f" or n_samples to at most {n // sample_size}" if n // sample_size >= 1 else ""))
     return sample_size
 
 
