@@ -303,7 +303,8 @@ def _pool(eigenvalues, sample_size):
 
 
 def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree=None, damping="jackson",
-                    glue="auto", grid=500, delta=1e-9, atom_tol=1e-9, regime="auto", seed=None, source=None):
+                    glue="auto", grid=500, delta=1e-9, atom_tol=1e-9, regime="auto", shift=0.0, scale=1.0,
+                    seed=None, source=None):
     """The eigenvalue density of the size-``size`` matrix from eigenvalues of its principal submatrices.
 
     Parameters
@@ -316,7 +317,8 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     sample_size : int, optional
         The size n_s of each submatrix (default: the length of each eigenvalue array).
     support : (lo, hi), optional
-        Support of the sample's continuous spectrum; default: the range of the eigenvalues,
+        Support of the sample's continuous spectrum, in the result's coordinates (``scale``
+        and ``shift`` applied); default: the range of the eigenvalues above the floor,
         widened by span / (number of eigenvalues).
     degree : int, optional
         Chebyshev degree K of the sample density (default ``clip(N^(1/2) / 2, 16, 60)`` for N
@@ -329,22 +331,41 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         3x of the best residual, and for a positive semidefinite sample fixes a left pole at 0
         when that costs under 30% in residual (see :func:`choose_glue`).
     grid : int or array
-        Number of grid points on the decompressed support, or the grid itself.
+        Number of grid points on the decompressed support, or the grid itself (in the
+        result's coordinates).
     delta : float
         Height above the real axis of the evaluation points, relative to the span.
     regime : {"auto", "bulk", "heavy-tailed"}
         ``"bulk"``: the full free decompression above. ``"heavy-tailed"``: its large-alpha
         form for positive spectra dominated by their large eigenvalues (kernels, NTKs): the
-        k-th largest eigenvalue scales by alpha (rank order is kept) and the eigenvalues
-        beyond rank n_s follow a power law fitted to the sample's decay. ``"auto"`` picks
-        heavy-tailed for positive samples whose largest eigenvalue exceeds 20 times their mean.
+        k-th largest eigenvalue scales by alpha (rank order is kept), the eigenvalues beyond
+        rank n_s follow a power law fitted to the sample's decay (or are 0 where the sample
+        is rank deficient), and the ranks from n_s / 8 down are rescaled so that the trace is
+        exact. ``"auto"`` picks heavy-tailed for positive spectra (above their floor) whose
+        largest eigenvalue exceeds 20 times the mean of the nonzero ones, or that have fewer
+        than 2 eigenvalues above the floor. Either way a spectrum whose eigenvalues are all
+        equal (``c I`` up to rounding) is a point mass at c (regime ``"point-mass"``).
+        ``settings["regime"]`` and ``diagnostics["regime_reason"]`` record the choice.
     atom_tol : float
-        Eigenvalues with ``|x| <= atom_tol * max|x|`` form an atom at 0 (a rank-deficient
-        matrix) when they are at least 1% of the sample.
+        Eigenvalues within ``atom_tol * max|x|`` of the smallest form an atom there, the floor,
+        when they are at least 1% of the sample: the zero eigenvalues of a rank-deficient
+        matrix, or the ridge s of ``K + s I``. A shift is exact under free decompression,
+        so the spectrum above the floor is decompressed and the floor added back; the atom
+        keeps its rank (mass ``1 - (1 - a) / alpha`` for mass a in the sample).
+        ``settings["floor"]`` records it (0.0 without one).
+    shift, scale : float
+        The result is the law of ``scale * A + shift * I``: the eigenvalues are multiplied by
+        ``scale`` before the decompression and ``shift`` is added to the result (both are
+        exact under free decompression).
 
     Returns
     -------
     SpectrumResult
+        Its mean is the pooled sample mean (``trace`` is exactly ``size`` times that): to
+        rounding in the point-mass and heavy-tailed regimes, checked in the bulk regime (a
+        ``DecompressionWarning`` where it is off by over 1% of the spread). Its ``x``,
+        ``support``, ``atoms`` and ``table`` include the floor and ``shift``; the fit's own
+        diagnostics (the glue's poles) are those of ``scale * eigenvalues - floor``.
 
     Notes
     -----
@@ -363,6 +384,8 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     >>> r = bigspec.free_decompress(eig, size=8000)
     >>> round(r.variance / 8, 1), round(r.support[1] / (2 * 8 ** 0.5), 1)   # semicircle, radius 2 sqrt(8)
     (1.0, 1.0)
+    >>> bigspec.free_decompress([2.0] * 100, size=800).atoms   # 2 I stays 2 I
+    [(2.0, 1.0)]
     """
     t_start = time.perf_counter()
     pooled, n_s, n_samples = _pool(eigenvalues, sample_size)
@@ -373,24 +396,85 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
             f"pass size >= {n_s} (the size of the full matrix)")
     if damping not in DAMPING:
         raise ValueError(f"unknown damping {damping!r}; use one of {sorted(DAMPING)}")
-    alpha = size / n_s
-    warn = []
     if regime not in ("auto", "bulk", "heavy-tailed"):
         raise ValueError(f"unknown regime {regime!r}; use 'auto', 'bulk' or 'heavy-tailed'")
-    if regime == "auto":
-        regime = "heavy-tailed" if is_heavy_tailed(pooled, atom_tol) else "bulk"
-    if regime == "heavy-tailed":
-        return _heavy_tailed(pooled, n_s, n_samples, size, grid, seed, source, t_start)
+    shift, scale = float(shift), float(scale)
+    if not (math.isfinite(shift) and math.isfinite(scale)):
+        raise ValueError(f"shift and scale must be finite, got shift={shift!r}, scale={scale!r}")
+    alpha = size / n_s
+    pooled = scale * pooled
+    mean = float(np.mean(pooled))
+    top = float(np.max(np.abs(pooled)))
 
+    cluster = pooled - pooled.min() <= atom_tol * top
+    floor, cont = 0.0, pooled
+    if cluster.all():  # c I up to rounding: every principal submatrix, and the matrix, is c I
+        floor, regime, reason = mean, "point-mass", "all eigenvalues are equal to within atom_tol"
+    elif cluster.mean() >= 0.01:
+        floor = float(pooled.min()) if abs(pooled.min()) > atom_tol * top else 0.0
+        # what is left of the atom is rounding, or eigenvalues below the resolution
+        cont = np.where(cluster, 0.0, pooled - floor)
+    if regime == "auto":
+        regime, reason = _choose_regime(cont, atom_tol)
+    elif regime != "point-mass":
+        reason = f"regime={regime!r} requested"
+    offset = floor + shift
+    if regime == "point-mass":
+        fit = {"x": np.zeros(1), "density": np.zeros(1), "support": (0.0, 0.0), "atoms": [(0.0, 1.0)],
+               "table": (np.zeros(1), np.ones(1)), "settings": {}, "diagnostics": {"warnings": []}}
+    elif regime == "heavy-tailed":
+        fit = _heavy_tailed(cont, mean - floor, n_s, n_samples, size, grid)
+    else:
+        fit = _bulk(cont, mean - floor, alpha, None if support is None else np.subtract(support, offset), degree,
+                    damping, glue, grid if np.ndim(grid) == 0 else np.asarray(grid, float) - offset, delta, atom_tol)
+    for w in fit["diagnostics"]["warnings"]:
+        warnings.warn(w, DecompressionWarning, stacklevel=2)
+
+    from .result import SpectrumResult
+
+    settings = {"regime": regime, **fit["settings"], "floor": floor, "shift": shift, "scale": scale,
+                "atom_tol": atom_tol}
+    if "support" in settings:  # like the option, in the result's coordinates
+        settings["support"] = [float(s + offset) for s in settings["support"]]
+    table = fit.get("table")
+    return SpectrumResult(
+        x=fit["x"] + offset, density=fit["density"], support=tuple(float(s + offset) for s in fit["support"]),
+        atoms=[(float(p + offset), float(m)) for p, m in fit["atoms"]],
+        size=size, sample_size=n_s, n_samples=n_samples, alpha=alpha, seed=seed, source=source,
+        settings=settings, diagnostics={"regime_reason": reason, "sample_mean": mean + shift, **fit["diagnostics"]},
+        seconds=time.perf_counter() - t_start, eigenvalues=pooled + shift,
+        table=None if table is None else (table[0] + offset, table[1]),
+    )
+
+
+def _choose_regime(cont, atom_tol):
+    """``regime="auto"`` for the spectrum above the floor: (regime, reason)."""
+    if np.count_nonzero(cont) < 2:
+        return "heavy-tailed", "fewer than 2 eigenvalues above the floor (a low-rank spectrum)"
+    ratio = _top_over_mean(cont, atom_tol)
+    if ratio is None:
+        return "bulk", "not a positive spectrum"
+    heavy = ratio > HEAVY_TAILED_RATIO
+    than = ">" if heavy else "<="
+    reason = f"largest eigenvalue {ratio:.3g} x the mean of the nonzero ones ({than} {HEAVY_TAILED_RATIO:g})"
+    return ("heavy-tailed" if heavy else "bulk"), reason
+
+
+def _bulk(cont, mean, alpha, support, degree, damping, glue, grid, delta, atom_tol):
+    """The full free decompression of ``cont`` (mean ``mean``): the fields of the result."""
+    warn = []
     # 1. an atom at 0 (exact zeros of a rank-deficient matrix)
-    scale = float(np.max(np.abs(pooled))) or 1.0
-    zero = np.abs(pooled) <= atom_tol * scale
+    top = float(np.max(np.abs(cont)))
+    zero = np.abs(cont) <= atom_tol * top
     atom = None
     if zero.mean() >= 0.01:
         atom = (0.0, float(zero.mean()))
-    cont = pooled[~zero] if atom else pooled
-    if cont.size < 2:
-        raise InvalidSpectrumError("all eigenvalues are zero; there is no continuous spectrum to decompress")
+    spread = math.sqrt(alpha * float(np.var(cont)))  # the second free cumulant scales by alpha
+    cont = cont[~zero] if atom else cont
+    if cont.size < 2 or np.ptp(cont) <= atom_tol * top:
+        raise InvalidSpectrumError(
+            "the eigenvalues above the floor are all equal: there is no continuous spectrum to decompress; "
+            "use regime='heavy-tailed' (rank order kept)")
 
     # 2. the sample's continuous density
     if support is None:
@@ -412,16 +496,16 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         warn.append(f"alpha = {alpha:.3g} > 64: errors grow polynomially with n / n_s; sample larger submatrices")
 
     # 3. glue and sheets
-    glue_name, g, glue_rms = choose_glue(rho, glue, known=Sheets.atom_pole(atom), psd=cont.min() >= -1e-9 * scale,
+    glue_name, g, glue_rms = choose_glue(rho, glue, known=Sheets.atom_pole(atom), psd=cont.min() >= -1e-9 * top,
                                        fit_to=raw)
     sheets = Sheets(rho, g, atom)
 
     # 4. a coarse pass finds the new support, then the fine grid
-    if isinstance(grid, (int, np.integer)):
+    if np.ndim(grid) == 0:
         m_lo, m_hi = (sheets.weight * rho.stieltjes(np.array([lo - 1e-9 * rho.span, hi + 1e-9 * rho.span]) + 0j)).real
-        mean, var = float(np.mean(cont)), float(np.var(cont))
-        a = min(lo - (alpha - 1) / m_lo if m_lo > 0 else lo, mean - 3 * np.sqrt(alpha * var), lo)
-        b = max(hi - (alpha - 1) / m_hi if m_hi < 0 else hi, mean + 3 * np.sqrt(alpha * var), hi)
+        c_mean, var = float(np.mean(cont)), float(np.var(cont))
+        a = min(lo - (alpha - 1) / m_lo if m_lo > 0 else lo, c_mean - 3 * np.sqrt(alpha * var), lo)
+        b = max(hi - (alpha - 1) / m_hi if m_hi < 0 else hi, c_mean + 3 * np.sqrt(alpha * var), hi)
         coarse = np.linspace(a, b, 240)
         mc, _, ok = solve_characteristics(sheets, coarse, alpha, delta * rho.span)
         dc = np.where(ok, mc.imag / np.pi - _lorentzians(coarse, sheets.atoms_after(alpha), delta * rho.span), 0.0)
@@ -449,7 +533,7 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     density = np.maximum(density - _lorentzians(x, atoms, delta * rho.span), 0.0)
     # a positive semidefinite sample loses rank at exactly 0: a pole fitted within 5% of the
     # span from 0 is that rank deficiency, and its offset is fit noise
-    if cont.min() >= -1e-9 * scale:
+    if cont.min() >= -1e-9 * top:
         atoms = [(0.0 if abs(p) < 0.05 * rho.span else p, mass) for p, mass in atoms]
     atom_mass = sum(m_ for _, m_ in atoms)
     raw_mass = float(np.trapezoid(density, x))
@@ -458,26 +542,27 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     if not abs(raw_mass - (1 - atom_mass)) < 0.05:
         warn.append(f"the continuous density has mass {raw_mass:.3f}, expected {1 - atom_mass:.3f}: "
                     "the decompression is unreliable here (the density was rescaled to that mass)")
-    for w in warn:
-        warnings.warn(w, DecompressionWarning, stacklevel=2)
-
-    from .result import SpectrumResult
+    # the mean is preserved by free decompression: a drift measures the error of the fit
+    fit_mean = float(np.trapezoid(x * density, x)) + sum(p * m_ for p, m_ in atoms)
+    mean_error = (fit_mean - mean) / spread
+    if not abs(mean_error) <= 0.01:
+        warn.append(f"the density's mean is off the sample mean by {fit_mean - mean:+.4g}, {mean_error:+.3g} x the "
+                    f"spread {spread:.4g}: the decompression is unreliable here (``trace`` is still exact)")
 
     nz = density > 1e-3 * density.max() if density.max() > 0 else density > 0
-    return SpectrumResult(
-        x=x, density=density,
-        support=(float(x[nz][0]), float(x[nz][-1])) if nz.any() else (float(x[0]), float(x[-1])),
-        atoms=[(float(p), float(mm)) for p, mm in atoms],
-        size=size, sample_size=n_s, n_samples=n_samples, alpha=alpha, seed=seed, source=source,
-        settings={"regime": "bulk", "support": [lo, hi], "degree": int(degree), "damping": damping, "glue": glue_name,
-                  "grid": int(x.size), "delta": delta, "atom_tol": atom_tol},
-        diagnostics={"glue": g.to_dict(), "glue_rms_by_model": glue_rms,
-                     "glue_rms_relative": g.rms / max(float(np.max(np.abs(2 * rho.hilbert(x[(x > lo) & (x < hi)])),
-                                                                 initial=1e-300)), 1e-300),
-                     "converged_fraction": float(converged.mean()), "max_residual": float(residual.max()),
-                     "continuous_mass": raw_mass, "sample_atom": list(atom) if atom else None, "warnings": warn},
-        seconds=time.perf_counter() - t_start, eigenvalues=pooled,
-    )
+    return {
+        "x": x, "density": density,
+        "support": (float(x[nz][0]), float(x[nz][-1])) if nz.any() else (float(x[0]), float(x[-1])),
+        "atoms": atoms,
+        "settings": {"support": [lo, hi], "degree": int(degree), "damping": damping, "glue": glue_name,
+                     "grid": int(x.size), "delta": delta},
+        "diagnostics": {"glue": g.to_dict(), "glue_rms_by_model": glue_rms,
+                        "glue_rms_relative": g.rms / max(float(np.max(np.abs(2 * rho.hilbert(x[(x > lo) & (x < hi)])),
+                                                                    initial=1e-300)), 1e-300),
+                        "converged_fraction": float(converged.mean()), "max_residual": float(residual.max()),
+                        "continuous_mass": raw_mass, "mean_error": mean_error,
+                        "sample_atom": list(atom) if atom else None, "warnings": warn},
+    }
 
 
 def _lorentzians(x, atoms, height):
@@ -488,30 +573,39 @@ def _lorentzians(x, atoms, height):
     return out
 
 
+HEAVY_TAILED_RATIO = 20.0  # see is_heavy_tailed
+
+
+def _top_over_mean(eigenvalues, atom_tol):
+    """Largest eigenvalue over the mean of the nonzero ones; None unless positive up to rounding."""
+    top = float(np.max(eigenvalues))
+    if top <= 0 or np.min(eigenvalues) < -1e-6 * top:
+        return None
+    return top / float(np.mean(eigenvalues[np.abs(eigenvalues) > atom_tol * top]))
+
+
 def is_heavy_tailed(eigenvalues, atom_tol=1e-9) -> bool:
     """Positive (up to rounding) with the largest eigenvalue over 20 times the mean of the nonzero ones.
 
     Bulk laws stay far below: Marchenko-Pastur has max / mean = (1 + sqrt(ratio))^2 <= 4
     for ratio <= 1 (and about the same on its nonzero part above 1).
     """
-    top = float(np.max(eigenvalues))
-    if top <= 0 or np.min(eigenvalues) < -1e-6 * top:
-        return False
-    nonzero = eigenvalues[np.abs(eigenvalues) > atom_tol * top]
-    return bool(top > 20 * np.mean(nonzero))
+    ratio = _top_over_mean(eigenvalues, atom_tol)
+    return ratio is not None and ratio > HEAVY_TAILED_RATIO
 
 
-def _heavy_tailed(pooled, n_s, n_samples, size, grid, seed, source, t_start):
+def _heavy_tailed(pooled, mean, n_s, n_samples, size, grid):
     """Large-alpha free decompression: rank order kept, each of the top eigenvalues times alpha.
 
     With several samples, sample j's k-th eigenvalue stands for rank k, so each sorted
     eigenvalue gets mass 1 / (n_samples * size). Ranks n_s+1..size follow a power law
     lambda_k = C k^-g fitted on the sample's ranks n_s/8..0.9 n_s (never above the
-    smallest sampled eigenvalue), evaluated at up to 4096 representative ranks.
+    smallest sampled eigenvalue), evaluated at up to 4096 representative ranks; they are 0
+    where at least 1% of the sample is (rank is preserved). The scaled sample alone already
+    has the sample's mean, so the ranks from n_s/8 down, the tail included, are rescaled to
+    make the mean ``mean`` (the trace n times it) exactly.
     """
     from scipy.stats import gaussian_kde
-
-    from .result import SpectrumResult
 
     alpha = size / n_s
     lam = np.sort(np.maximum(pooled, 0.0))[::-1]
@@ -523,35 +617,45 @@ def _heavy_tailed(pooled, n_s, n_samples, size, grid, seed, source, t_start):
         sel = (k > n_s / 8) & (k < 0.9 * n_s) & (lam > 1e-12 * lam[0])
         edges = np.unique(np.geomspace(n_s + 1, size + 1, min(4097, size - n_s + 1)).astype(np.int64))
         kk = np.sqrt(edges[:-1] * edges[1:].astype(float))
-        if sel.sum() >= 4:
+        tail = np.zeros(kk.size)
+        if sel.sum() >= 4 and np.mean(lam == 0) < 0.01:
             g, c = np.polyfit(np.log(k[sel]), np.log(lam[sel]), 1)
-            tail = np.minimum(np.exp(c + g * np.log(kk)), lam[lam > 0][-1] if np.any(lam > 0) else 0.0)
+            tail = np.minimum(np.exp(c + g * np.log(kk)), lam[lam > 0][-1])
             fit = {"power_law_exponent": float(-g), "power_law_fit_ranks": [float(k[sel][0]), float(k[sel][-1])]}
-        else:
-            tail = np.zeros(kk.size)
         values.append(alpha * tail)
         weights.append(np.diff(edges) / size)
     v = np.concatenate(values)
     w = np.concatenate(weights)
+    w = w / w.sum()
+    lower = np.concatenate([k > n_s / 8, np.ones(v.size - lam.size, bool)])
+    factor, warn = 1.0, []
+    low_mean = float(np.sum((w * v)[lower]))
+    if low_mean > 0:
+        factor = (mean - float(np.sum((w * v)[~lower]))) / low_mean
+        if factor > 0:
+            v = np.where(lower, factor * v, v)
+        else:
+            warn.append("the top eigenvalues alone exceed the sample mean (negative eigenvalues clipped to 0?): "
+                        "the trace is not preserved")
     order = np.argsort(v)
-    v, w = v[order], w[order] / w.sum()
+    v, w = v[order], w[order]
     # a density on a log-spaced grid, from a weighted KDE of log10 of the positive values
     pos = v > 0
     lo, hi = np.log10(v[pos][0]), np.log10(v[pos][-1])
     x = np.logspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), int(grid) if np.ndim(grid) == 0 else len(grid))
-    kde = gaussian_kde(np.log10(v[pos]), weights=w[pos], bw_method=0.05)
-    density = kde(np.log10(x)) / (x * np.log(10)) * w[pos].sum()
+    density = np.zeros(x.size)
+    if hi > lo:
+        kde = gaussian_kde(np.log10(v[pos]), weights=w[pos], bw_method=0.05)
+        density = kde(np.log10(x)) / (x * np.log(10)) * w[pos].sum()
     zero_mass = float(w[~pos].sum())
-    return SpectrumResult(
-        x=x, density=density, support=(float(v[0]), float(v[-1])),
-        atoms=[(0.0, zero_mass)] if zero_mass > 0 else [],
-        size=size, sample_size=n_s, n_samples=n_samples, alpha=alpha, seed=seed, source=source,
-        settings={"regime": "heavy-tailed", "grid": int(x.size)},
-        diagnostics={"warnings": [], **fit,
-                     "note": "large-alpha form of free decompression (rank order kept); the density is a "
-                             "log-scale KDE: read it on a log axis"},
-        seconds=time.perf_counter() - t_start, eigenvalues=pooled, table=(v, w),
-    )
+    return {
+        "x": x, "density": density, "support": (float(v[0]), float(v[-1])),
+        "atoms": [(0.0, zero_mass)] if zero_mass > 0 else [], "table": (v, w),
+        "settings": {"grid": int(x.size)},
+        "diagnostics": {"warnings": warn, **fit, "trace_factor": float(factor), "trace_factor_from_rank": n_s / 8,
+                        "note": "large-alpha form of free decompression (rank order kept); the density is a "
+                                "log-scale KDE: read it on a log axis"},
+    }
 
 
 class InvalidSpectrumError(BigspecError, ValueError):

@@ -23,8 +23,11 @@ class SpectrumResult(ResultMixin):
     """Density of the eigenvalues of a size-``size`` matrix, decompressed from samples.
 
     ``density`` is the continuous part on the grid ``x``; ``atoms`` lists point masses
-    ``(location, mass)`` (the zero eigenvalues of a rank-deficient matrix). ``cdf``,
-    ``quantiles``, ``moments`` and ``logdet`` include both.
+    ``(location, mass)`` (the zero eigenvalues of a rank-deficient matrix, the floor s of
+    ``K + s I``, or the single value of ``c I``). ``cdf``, ``quantiles``, ``moments`` and
+    ``logdet`` include both. ``settings["regime"]`` is ``"bulk"``, ``"heavy-tailed"`` or
+    ``"point-mass"`` (``diagnostics["regime_reason"]`` says why); ``eigenvalues`` are the
+    pooled sample eigenvalues with ``scale`` and ``shift`` applied.
     """
 
     x: np.ndarray
@@ -41,8 +44,8 @@ class SpectrumResult(ResultMixin):
     diagnostics: dict
     seconds: float
     eigenvalues: np.ndarray = field(default=None, repr=False, compare=False)
-    #: (values, weights) of a discrete representation (heavy-tailed regime); when set it
-    #: defines cdf, quantiles, moments and logdet exactly, and ``density`` is its log-KDE
+    #: (values, weights) of a discrete representation (heavy-tailed and point-mass regimes); when set it
+    #: defines cdf, quantiles, moments and logdet exactly, and ``density`` is its log-KDE (0 for a point mass)
     table: tuple = field(default=None, repr=False, compare=False)
 
     _headline = ("size", "sample_size", "n_samples", "alpha", "support", "atoms", "seconds")
@@ -50,7 +53,7 @@ class SpectrumResult(ResultMixin):
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["x"], d["density"] = self.x.tolist(), self.density.tolist()
-        d["mean"], d["variance"] = self.mean, self.variance
+        d["mean"], d["variance"], d["trace"] = self.mean, self.variance, self.trace
         return d
 
     # -- distribution ------------------------------------------------------------------
@@ -105,6 +108,17 @@ class SpectrumResult(ResultMixin):
     @property
     def mean(self) -> float:
         return float(self.moments(1)[0])
+
+    @property
+    def trace(self) -> float:
+        """Trace of the size-``size`` matrix: exactly ``size`` times the pooled sample mean.
+
+        Free decompression preserves the mean, and a random principal submatrix's mean
+        eigenvalue (its mean diagonal entry) is an unbiased estimate of the large matrix's,
+        so this does not depend on the fit (``mean`` is the fit's, equal to it up to
+        rounding except in the bulk regime, where it is checked to 1% of the spread).
+        """
+        return self.size * float(self.diagnostics["sample_mean"])
 
     @property
     def variance(self) -> float:
