@@ -315,7 +315,12 @@ def _check_chunks_written(A, triangle, symmetric):
     missing = [c for c in want if c not in written]
     if not missing:
         return
-    where = getattr(A.store, "root", None) or getattr(A.store, "path", "") or "memory"
+    from .storage import source_location
+
+    loc = source_location(A)
+    where = loc.url if loc is not None else "(in memory)"
+    fill = A.fill_value
+    fill = f"{float(fill):g}" if np.ndim(fill) == 0 and np.issubdtype(np.asarray(fill).dtype, np.number) else repr(fill)
     def span(c):
         i, j = c
         return f"({i}, {j}) rows {i * cr}:{min((i + 1) * cr, A.shape[0])}, cols {j * cc}:{min((j + 1) * cc, A.shape[1])}"
@@ -325,17 +330,16 @@ def _check_chunks_written(A, triangle, symmetric):
         below = all(i * cr > min((j + 1) * cc, A.shape[1]) - 1 for i, j in missing)
         above = all(j * cc > min((i + 1) * cr, A.shape[0]) - 1 for i, j in missing)
         if below:
-            hints.append("every written chunk touches the upper triangle: if the matrix is stored as its upper "
+            hints.append("Every written chunk touches the upper triangle: if the matrix is stored as its upper "
                          "triangle, pass triangle='upper' (CLI --triangle upper) to mirror it")
         elif above:
-            hints.append("every written chunk touches the lower triangle: if the matrix is stored as its lower "
+            hints.append("Every written chunk touches the lower triangle: if the matrix is stored as its lower "
                          "triangle, pass triangle='lower' (CLI --triangle lower) to mirror it")
-    hints.append("if those chunks really equal the fill value (zarr does not store a chunk equal to its fill "
+    hints.append(("I" if len(hints) == 0 else "i") + "f those chunks really equal the fill value (zarr does not store a chunk equal to its fill "
                  "value), pass missing_chunks='fill' (CLI --missing-chunks fill); otherwise write them first")
     raise IncompleteStoreError(
-        f"the zarr array at {where}{'/' + A.path if A.path else ''} has {len(missing)} of {len(want)} needed "
-        f"chunks that were never written, which zarr would read as the fill value {A.fill_value!r}: {shown}. "
-        + "; ".join(hints), missing=missing)
+        f"the zarr array at {where} has {len(missing)} of {len(want)} needed chunks that were never written, "
+        f"which zarr would read as the fill value {fill}: {shown}. " + "; ".join(hints), missing=missing)
 
 
 # -- one pass over the values -------------------------------------------------------------

@@ -64,10 +64,11 @@ class ResultMixin:
 class LogdetResult(ResultMixin):
     """Exact log-determinant of ``scale * A + diag(shift)`` and how it was computed.
 
-    ``prefix_logdet[m - 1]`` is log|det A[:m, :m]|: exact at every tile boundary (Cholesky:
-    at every m) except inside the ``pivot_groups``, column ranges [start, stop) that LDL^T
-    pivoted across several tiles, where it is exact only at their ends; elsewhere inside a
-    tile it is the minor of the locally pivoted matrix. For a store of a Kronecker kernel
+    ``prefix_logdet[m - 1]`` is log|det A[:m, :m]| for every m (Cholesky), and for LDL^T at
+    every m where its pivots so far are rows 0..m-1 (``leading_minor[m - 1]``): at every tile
+    boundary outside the ``pivot_groups`` (column ranges [start, stop) that LDL^T pivoted
+    across several tiles) and wherever Bunch-Kaufman kept the order; elsewhere it is NaN,
+    never the minor of a permuted matrix. For a store of a Kronecker kernel
     ``K (x) I_d`` (``kron_outputs = d``), the determinants are those of the full kernel:
     ``d * logdet K``, and prefixes over the first m samples.
 
@@ -105,20 +106,26 @@ class LogdetResult(ResultMixin):
     kron_outputs: int = 1
     log_d: np.ndarray = field(default=None, repr=False, compare=False)
     sign_d: np.ndarray = field(default=None, repr=False, compare=False)
+    #: bool (n,): True where the first m pivots are rows 0..m-1 (the prefix is a leading minor)
+    leading_minor: np.ndarray = field(default=None, repr=False, compare=False)
 
     _headline = ("sign", "logabsdet", "n", "method", "tile_size", "super_panels", "seconds")
 
     @property
     def prefix_logdet(self) -> np.ndarray:
-        """log|det A[:m, :m]| for m = 1..n (float64)."""
-        return self.kron_outputs * np.cumsum(self.log_d)
+        """log|det A[:m, :m]| for m = 1..n (float64, nats); NaN where ``leading_minor`` is False."""
+        if self.log_d is None:
+            return None
+        prefix = self.kron_outputs * np.cumsum(self.log_d)
+        return prefix if self.leading_minor is None else np.where(self.leading_minor, prefix, np.nan)
 
     @property
     def prefix_sign(self) -> np.ndarray:
-        """sign(det A[:m, :m]) for m = 1..n."""
+        """sign(det A[:m, :m]) for m = 1..n (int64); 0 where ``leading_minor`` is False."""
         if self.sign_d is None:
             return None
-        return np.cumprod(self.sign_d.astype(np.int64)) ** self.kron_outputs
+        sign = np.cumprod(self.sign_d.astype(np.int64)) ** self.kron_outputs
+        return sign if self.leading_minor is None else np.where(self.leading_minor, sign, 0)
 
     def __iter__(self):  # (sign, logabsdet) unpacking, like numpy's slogdet
         return iter((self.sign, self.logabsdet))
@@ -130,7 +137,9 @@ class LogdetResult(ResultMixin):
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
         m = np.arange(1, self.n + 1)
-        ax.plot(m, self.prefix_logdet, lw=1.2)
+        prefix = self.prefix_logdet
+        known = np.isfinite(prefix) | np.isinf(prefix)       # NaN: not a leading minor (pivoting)
+        ax.plot(m[known], prefix[known], lw=1.2)
         ax.set_xlabel("m (leading submatrix size)")
         ax.set_ylabel("log |det A[:m, :m]|")
         ax.set_title(f"{self.method} prefix log-determinants, n = {self.n}")

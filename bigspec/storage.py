@@ -8,8 +8,9 @@ goes through :func:`open_group`, and every writer prepares its target with
 * local paths and ``file://`` / ``local://`` URLs are the same local directory (created as
   needed, like a path); other URLs go to fsspec with ``storage_options``;
 * groups are opened without consolidated metadata, so bigspec always sees its own writes;
-  a store that had consolidated metadata (xarray writes it by default) gets it rewritten
-  after bigspec writes (:func:`refresh_consolidated`), so other readers see them too;
+  a store that had consolidated metadata when it was opened (xarray writes it by default)
+  gets it rewritten after bigspec writes (:func:`refresh_consolidated`), so readers that use
+  it see them too;
 * nothing a user owns is deleted unless they asked for it by name: a non-empty target that
   is not a bigspec store is refused unless ``overwrite=True`` (and then what is deleted is
   listed in an :class:`~bigspec.errors.OverwriteWarning` first), and a target that is, holds
@@ -123,8 +124,12 @@ def has_consolidated(group: zarr.Group) -> bool:
 
 
 def refresh_consolidated(group: zarr.Group) -> None:
-    """Rewrite the consolidated metadata of ``group`` if it has one (after bigspec wrote to it)."""
-    if group.store.read_only or not has_consolidated(group):
+    """Rewrite the consolidated metadata of ``group`` (after bigspec wrote to it).
+
+    Call it for a group that had consolidated metadata when it was opened: bigspec's own
+    writes go through the real metadata, which drops the snapshot from the group's zarr.json.
+    """
+    if group.store.read_only:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidation is outside the v3 spec

@@ -29,7 +29,8 @@ import zarr
 from . import config
 from .errors import IncompleteStoreError, NonFiniteError, StoreNotFoundError, TileSizeError
 from .matrix import check_dtype  # noqa: F401  (re-exported: the storage dtype of a matrix)
-from .storage import ATTRS_KEY, describe, initialized_chunks, is_store, open_group, refresh_consolidated
+from .storage import ATTRS_KEY, describe, has_consolidated, initialized_chunks, is_store, open_group, \
+    refresh_consolidated
 
 SCHEMA_VERSION = 1
 # One LAPACK call must never see a block of 2**31 bytes or more (threaded OpenBLAS
@@ -118,6 +119,8 @@ class MatrixStore:
         self.dtype = np.dtype(meta["dtype"])
         self.symmetric = bool(meta.get("symmetric", True))
         self.matrix = group["matrix"]
+        #: the store had consolidated metadata when opened: it is rewritten after each write
+        self.consolidated = has_consolidated(group)
 
     # -- description -----------------------------------------------------------------
     @property
@@ -130,7 +133,12 @@ class MatrixStore:
         meta = self.attrs
         meta.update(values)
         self.group.attrs[ATTRS_KEY] = meta
-        refresh_consolidated(self.group)
+        self.sync_metadata()
+
+    def sync_metadata(self) -> None:
+        """Keep consolidated metadata (if the store had it) in step with bigspec's writes."""
+        if self.consolidated:
+            refresh_consolidated(self.group)
 
     @property
     def n_tiles(self) -> int:

@@ -51,7 +51,6 @@ from ..form import kron_outputs
 from ..matrix import as_matrix
 from ..progress import Progress, run_graph, want_progress
 from ..results import LogdetResult
-from ..storage import refresh_consolidated
 from ..store import check_tile_size, create_matrix, write_matrix
 from . import EXACT_METHODS as METHODS
 from . import tiles
@@ -504,10 +503,16 @@ class _Factor:
                          panels_done=int(self.meta.get("panels_done", 0)) + 1)
         self.group.attrs["bigspec_factor"] = self.meta
         if root is not None:
-            refresh_consolidated(root)
+            root.sync_metadata()
 
-    def load_d(self, stop):
-        return np.asarray(self.group["log_d"][:stop]), np.asarray(self.group["sign_d"][:stop])
+    def load_d(self, stop) -> dict:
+        """log_d, sign_d and the leading-minor mask of the first ``stop`` pivots."""
+        out = {"log_d": np.asarray(self.group["log_d"][:stop]), "sign_d": np.asarray(self.group["sign_d"][:stop])}
+        if "perm" in self.group:
+            out["leading_minor"] = tiles.leading_minors(self.group["perm"][:stop], self.group["D"][:, :stop])
+        else:
+            out["leading_minor"] = np.ones(stop, bool)
+        return out
 
 
 # --------------------------------------------------------------------------- public
@@ -576,7 +581,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     factor = None
     if use_store:
         factor = _Factor(ms.group.require_group("factor"), n, b, method, digest, overwrite)
-        refresh_consolidated(ms.group)
+        ms.sync_metadata()
         if factor.meta.get("complete"):
             return _result(ms=ms, factor=factor, method=method, b=b, budget=budget, device=device, scale=scale,
                            shift=shift, t_start=t_start, dtype=m.dtype)
@@ -606,11 +611,11 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
             if client is not None:
                 client.run(return_freed_tiles_to_os)
         run = _run(plan, source, factor, scale, shift, device, client, threads, progress, blas_threads,
-                   root=ms.group if use_store else None, workers=workers)
+                   root=ms if use_store else None, workers=workers)
         if run["log_d"] is not None and start > 0:
-            prev_log, prev_sign = factor.load_d(start * b)
-            run["log_d"] = np.concatenate([prev_log, run["log_d"]])
-            run["sign_d"] = np.concatenate([prev_sign, run["sign_d"]])
+            prev = factor.load_d(start * b)
+            for key in ("log_d", "sign_d", "leading_minor"):
+                run[key] = np.concatenate([prev[key], run[key]])
     finally:
         for path in tmp:
             shutil.rmtree(path, ignore_errors=True)
@@ -649,6 +654,23 @@ def _widest_group(plan, k0, k1, workers):
     return max(1, min(k1 - k0, P // b))
 
 
+def _pivot_split(plan, k0, k1, workers):
+    """(k1', group): the end of a narrower super-panel from ``k0`` and its widest pivot group.
+
+    A wide super-panel leaves little memory for pivoting, so a panel that needs pivoting
+    across tiles is factored narrower when that lets its pivot group be wider (the columns
+    after ``k1'`` become the next super-panel; resuming works by columns, so this is safe).
+    """
+    best = (k1, _widest_group(plan, k0, k1, workers))
+    for w in range(k1 - k0 - 1, 0, -1):
+        if best[1] >= w + 1:          # a narrower panel cannot hold a wider group
+            break
+        g = _widest_group(plan, k0, k0 + w, workers)
+        if g > best[1]:
+            best = (k0 + w, g)
+    return best
+
+
 def _run(plan, source, factor, scale, shift, device, client, threads, progress, blas_threads=None,
          root=None, workers=1):
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
@@ -662,15 +684,17 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
     s_rows = np.zeros(n)                    # growth sums per row, accumulated over panels
     if factor is not None and factor.columns_done and "s_rows" in factor.group:
         s_rows = np.asarray(factor.group["s_rows"][:])
-    log_parts, sign_parts = [], []
-    singular_at, computed, tasks = None, 0, 0
+    log_parts, sign_parts, minor_parts = [], [], []
+    singular_at, computed, tasks, splits = None, 0, 0, 0
     arrays = factor.arrays() if factor is not None else {"L": None, "D": None}
     per_tile = write or not ldl    # gathered per L tile: its write, or (Cholesky in memory) its max|L|
     total = sum((k1 - k0) + ldl + per_tile * sum(nt - k for k in range(k0, k1)) for k0, k1 in plan.panels)
     with Progress(total, label=f"bigspec {plan.method}", enabled=want_progress(progress)) as bar:
-        for k0, k1 in plan.panels:
+        queue = list(plan.panels)
+        while queue:
+            k0, k1 = queue.pop(0)
             c = bounds[k0][0]
-            widest = _widest_group(plan, k0, k1, workers) if ldl else 1
+            split_k1, widest = _pivot_split(plan, k0, k1, workers) if ldl else (k1, 1)
             group = 1
             while True:
                 can_widen = ldl and group < widest
@@ -681,8 +705,12 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
                     values = run_graph(g.dsk, g.keys, client, threads, bar, blas_threads)
                 except (tiles.ZeroPivot, NeedsPivoting) as e:
                     if can_widen:
-                        logger.info("panel %d:%d: %s with pivoting inside %d tile(s); factoring it again with "
-                                    "Bunch-Kaufman across %d tiles", k0, k1, _why(e), group, widest)
+                        if split_k1 < k1:
+                            queue.insert(0, (split_k1, k1))
+                            k1, splits = split_k1, splits + 1
+                        logger.info("panel %d:%d: %s with pivoting inside %d tile(s); factoring columns %d:%d "
+                                    "again with Bunch-Kaufman across %d tiles", k0, k1, _why(e), group, k0, k1,
+                                    widest)
                         group = widest
                         continue
                     if isinstance(e, NeedsPivoting):  # pragma: no cover - the limit is inf then
@@ -705,6 +733,8 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
             for (g0, g1), info in zip(g.groups, infos):
                 log_parts.append(info["log_d"])
                 sign_parts.append(info["sign_d"])
+                minor_parts.append(tiles.leading_minors(info["perm"], info["D"]) if ldl
+                                   else np.ones(len(info["log_d"]), bool))
                 stats["min_abs_d"] = min(stats["min_abs_d"], info["pivot_min"])
                 stats["max_abs_d"] = max(stats["max_abs_d"], info["pivot_max"])
                 if g1 - g0 > 1:
@@ -719,20 +749,21 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
                 if check["growth"] > GROWTH_LIMIT and not (k1 == nt and group >= k1 - k0):
                     raise _unstable(plan, check["growth_row"], check["growth"], group, k0, k1, b)
             if factor is not None:
-                grp = [(bounds[g0][0], bounds[g1 - 1][1]) for g0, g1 in g.groups]
-                factor.save_columns(list(zip(grp, infos)), k1, _json_stats(stats), complete=k1 == nt, root=root)
                 if ldl:
                     if "s_rows" not in factor.group:
                         factor.group.create_array("s_rows", shape=(n,), chunks=(max(n, 1),), dtype="float64",
                                                   fill_value=0.0, overwrite=True)
                     factor.group["s_rows"][:] = s_rows
+                grp = [(bounds[g0][0], bounds[g1 - 1][1]) for g0, g1 in g.groups]
+                factor.save_columns(list(zip(grp, infos)), k1, _json_stats(stats), complete=k1 == nt, root=root)
             _after_panel(k0, k1)
     log_d = np.concatenate(log_parts) if log_parts and singular_at is None else (None if singular_at is not None
                                                                                  else np.zeros(0))
     sign_d = np.concatenate(sign_parts) if sign_parts and singular_at is None else (None if singular_at is not None
                                                                                     else np.zeros(0, np.int8))
-    return {"log_d": log_d, "sign_d": sign_d, "stats": stats, "singular_at": singular_at, "computed": computed,
-            "tasks": tasks}
+    minors = np.concatenate(minor_parts) if log_d is not None and minor_parts else np.zeros(0, bool)
+    return {"log_d": log_d, "sign_d": sign_d, "leading_minor": minors, "stats": stats, "singular_at": singular_at,
+            "computed": computed, "tasks": tasks, "splits": splits}
 
 
 def _why(e) -> str:
@@ -778,9 +809,7 @@ def _result(*, ms, factor, method, b, budget, device, scale, shift, t_start, dty
             resumed_panels=0, n=None):
     """The LogdetResult of a run (or of a complete factor in the store), with its warnings."""
     if run is None:                                   # the cached answer of a complete factor
-        log_d, sign_d = factor.load_d(ms.n)
-        run = {"log_d": log_d, "sign_d": sign_d, "stats": factor.stats, "singular_at": None, "computed": 0,
-               "tasks": 0}
+        run = {**factor.load_d(ms.n), "stats": factor.stats, "singular_at": None, "computed": 0, "tasks": 0}
         resumed_panels = int(factor.meta.get("panels_done", 0))
     n = ms.n if n is None else n
     summary = plan.summary() if plan is not None else {}
@@ -809,7 +838,7 @@ def _result(*, ms, factor, method, b, budget, device, scale, shift, t_start, dty
             GrowthWarning, stacklevel=4)
     return LogdetResult(
         sign=sign, logabsdet=logabsdet, n=n, tile_size=b, method=method,
-        super_panels=summary.get("super_panels", 0) + resumed_panels,
+        super_panels=summary.get("super_panels", 0) + run.get("splits", 0) + resumed_panels,
         panels_computed=run["computed"], tasks=run["tasks"], seconds=time.perf_counter() - t_start,
         bytes_read=int(summary.get("bytes_read", 0)), bytes_written=int(summary.get("bytes_written", 0)),
         memory_budget=int(budget), peak_memory_estimate=int(summary.get("peak_memory", 0)),
@@ -818,6 +847,7 @@ def _result(*, ms, factor, method, b, budget, device, scale, shift, t_start, dty
         growth=growth, pivot_groups=tuple(tuple(p) for p in stats.get("pivot_groups", [])),
         singular_at=run["singular_at"], store=ms.url if ms is not None else None, device=device,
         cached=factor is not None, kron_outputs=d, log_d=log_d, sign_d=sign_d,
+        leading_minor=run.get("leading_minor") if log_d is not None else None,
     )
 
 

@@ -71,6 +71,18 @@ class DiagonalFactor:
         return out
 
 
+def leading_minors(perm, D) -> np.ndarray:
+    """Where the prefix determinants of an LDL^T factor are leading principal minors.
+
+    The first m pivots of ``P A P^T = L D L^T`` give det (P A P^T)[:m, :m], which is
+    det A[:m, :m] exactly when they are rows 0..m-1 in some order (``max(perm[:m]) == m - 1``)
+    and m does not split a 2x2 block of D (``D[1, m - 1] == 0``). Returns a bool array of
+    ``len(perm)``; ``perm`` counts rows from the block's first row.
+    """
+    perm = np.asarray(perm)
+    return (np.maximum.accumulate(perm) == np.arange(perm.size)) & (np.asarray(D)[1] == 0)
+
+
 def _c(x):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
