@@ -124,7 +124,7 @@ def matrix_options(f):
 
 
 @cli.command(name="import")
-@click.argument("source", metavar="MATRIX", type=click.Path(exists=True))
+@click.argument("source", metavar="MATRIX")
 @click.argument("store")
 @click.option("--tile-size", type=int, help="Tile edge (default from config).")
 @matrix_options

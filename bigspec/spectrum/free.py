@@ -284,8 +284,10 @@ def _pool(eigenvalues, sample_size):
         arr = np.asarray(eigenvalues)
         samples = list(arr) if arr.ndim == 2 else [arr]
     for e in samples:
-        if e.ndim != 1 or e.size < 2:
-            raise InvalidSpectrumError(f"eigenvalues must be 1-D arrays of at least 2 values, got shape {e.shape}")
+        if e.dtype.kind not in "biufc":
+            raise InvalidSpectrumError(f"eigenvalues must be numbers, got dtype {e.dtype}")
+        if e.ndim != 1 or e.size < 1:
+            raise InvalidSpectrumError(f"eigenvalues must be non-empty 1-D arrays, got shape {e.shape}")
         if np.iscomplexobj(e):
             if np.any(e.imag != 0):
                 raise InvalidSpectrumError(
@@ -297,9 +299,28 @@ def _pool(eigenvalues, sample_size):
                 "check the sampled matrix for NaN/inf entries")
     pooled = np.concatenate([np.real(e).astype(float) for e in samples])
     if sample_size is None:
-        sizes = {e.size for e in samples}
-        sample_size = samples[0].size if len(sizes) == 1 else int(round(np.mean(list(sizes))))
-    return pooled, int(sample_size), len(samples)
+        sizes = sorted({e.size for e in samples})
+        if len(sizes) > 1:
+            raise InvalidSpectrumError(
+                f"the samples have different sizes ({', '.join(map(str, sizes))} eigenvalues): free decompression "
+                f"scales by size / sample_size, so pass sample_size= (the rows of each submatrix) or samples of "
+                f"one size")
+        sample_size = sizes[0]
+    return pooled, _integer(sample_size, "sample_size", 1), len(samples)
+
+
+def _integer(value, name, minimum):
+    """A count argument: an integer (or integral float) >= minimum, else InvalidSpectrumError."""
+    try:
+        as_int = int(value)
+        exact = as_int == value
+    except (TypeError, ValueError):
+        exact = False
+    if not exact or isinstance(value, bool):
+        raise InvalidSpectrumError(f"{name} must be an integer, got {value!r}")
+    if as_int < minimum:
+        raise InvalidSpectrumError(f"{name} must be >= {minimum}, got {as_int}")
+    return as_int
 
 
 def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree=None, damping="jackson",
@@ -389,11 +410,15 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     """
     t_start = time.perf_counter()
     pooled, n_s, n_samples = _pool(eigenvalues, sample_size)
-    size = int(size)
+    size = _integer(size, "size", 1)
     if size < n_s:
         raise InvalidSpectrumError(
             f"size={size} is smaller than the sample size {n_s}: free decompression only grows a spectrum; "
             f"pass size >= {n_s} (the size of the full matrix)")
+    if n_s < 2 and size != n_s:
+        raise InvalidSpectrumError(
+            f"a sample of {n_s} eigenvalue(s) per submatrix cannot be decompressed to size {size}: sample "
+            f"submatrices of at least 2 rows (only a 1 x 1 matrix is its own 1-row sample)")
     if damping not in DAMPING:
         raise ValueError(f"unknown damping {damping!r}; use one of {sorted(DAMPING)}")
     if regime not in ("auto", "bulk", "heavy-tailed"):

@@ -148,6 +148,8 @@ _DECOMPRESS_OPTIONS = set(inspect.signature(free_decompress).parameters) - {"eig
 
 
 def _sample_size(sample_size, n, n_samples):
+    if n == 1 and n_samples == 1 and sample_size in (None, 1):
+        return 1                      # the whole 1 x 1 matrix: its spectrum is exact
     if n_samples > n // 2:
         raise InvalidSpectrumError(
             f"n_samples={n_samples} disjoint samples of at least 2 rows need {2 * n_samples} rows, but the matrix has "
