@@ -2,7 +2,7 @@
 
 The data are shuffled with a seeded permutation (recorded) and copied into the store's
 ``data`` array, so every leading principal submatrix is a uniformly random principal
-submatrix (design.md, "Random order"). Each task reads only the data rows of its tile,
+submatrix. Each task reads only the data rows of its tile,
 computes the block, writes its chunk once and returns small metadata. Forming again skips
 tiles already written.
 """

@@ -1,6 +1,6 @@
 """The matrix store: one Zarr v3 group per matrix, cut into square tiles.
 
-Layout (design.md, "The store")::
+Layout::
 
     <store>/matrix      (n, n), chunks (tile_size, tile_size), NaN fill, lower tiles only
     <store>/factor/     checkpoint of the exact factorization (written by bigspec.logdet)

@@ -1,4 +1,4 @@
-"""Infinite-width limit of one multi-head attention layer (kernels.md section 4).
+"""Infinite-width limit of one multi-head attention layer (Hron et al. 2020, arXiv:2006.10540).
 
 Standard 1/sqrt(n) attention with finitely many heads H: at infinite width the scores
 ``p^a`` stay random (Gaussian, ``Cov(p_ij, p_kl) = s_qk^2 Sigma_ik Sigma_jl``) and the output

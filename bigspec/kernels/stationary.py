@@ -1,4 +1,4 @@
-"""Stationary kernels: RBF and Matérn (nu = 1/2, 3/2, 5/2), kernels.md section 5.
+"""Stationary kernels: RBF and Matérn (nu = 1/2, 3/2, 5/2), Rasmussen & Williams 2006, chapter 4.
 
 Data are centred globally before tiling (``prepare``) so GEMM distances stay accurate, r^2 is
 clamped at 0 and forced to 0 on the global diagonal.

@@ -1,6 +1,6 @@
 """Exact log-determinant: left-looking super-panel LDL^T / Cholesky over a tiled store.
 
-For each super-panel of W columns (science.md 1.3): read its tiles, apply the updates from
+For each super-panel of W columns (the left-looking super-panel scheme of memdet: Ameli et al. 2025, arXiv:2503.04424): read its tiles, apply the updates from
 the L tiles of all earlier panels (streamed from ``factor/``), factor it in memory (right-
 looking inside the panel), write its L tiles and d once, and mark it done. Each panel is one
 Dask graph; a killed run resumes after the last finished panel. Tiles are factored in
@@ -41,6 +41,7 @@ from ..backend import check_device, namespace_of, return_freed_tiles_to_os, to_d
 from ..cluster import current_client, resources
 from ..errors import (
     GrowthWarning,
+    MemoryBudgetError,
     NonFiniteError,
     SingularMatrixWarning,
     StoreExistsError,
@@ -214,7 +215,7 @@ def stats_task(L, F, r0, r1, diagonal):
 
 
 def gate(stats, rows_of, scales, prior_s, prior_scale, row0, limit):
-    """A panel's growth (science.md 1.2), checked before any of its tiles is written.
+    """A panel's element growth (the Bunch-Kaufman bound, Higham 2002, section 11.1), checked before any of its tiles is written.
 
     ``stats``: (s, max|L|) of each (row tile, pivot group), ``rows_of`` their row tiles;
     ``prior_s``: the growth sums of the panel's rows from earlier panels. Raises
@@ -566,8 +567,21 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     max_tasks = config.get("max-graph-tasks", 100_000)
     itemsize = COMPUTE_DTYPE.itemsize
     # plan once without resume to learn whether the matrix fits in one panel
-    probe = make_plan(n, b, itemsize, method, budget, threads, workers, max_tasks=max_tasks,
-                      storage_itemsize=m.dtype.itemsize)
+    while True:
+        try:
+            probe = make_plan(n, b, itemsize, method, budget, threads, workers, max_tasks=max_tasks,
+                              storage_itemsize=m.dtype.itemsize)
+            break
+        except MemoryBudgetError:
+            if client is not None or threads <= 1 or config.get("threads", None):
+                raise
+            # the threaded scheduler: fewer task threads (each holding its own tiles) fit a small
+            # budget, and BLAS gets the cores they leave
+            cores = threads
+            threads = max(1, threads // 2)
+            blas_threads = max(1, cores // threads) * (blas_threads or 1)
+            logger.info("memory budget %s: %d task threads (BLAS %d threads each)", format_bytes(budget), threads,
+                        blas_threads)
     use_store = ms is not None and (checkpoint or (checkpoint is None and not probe.in_memory))
     if dry_run:
         start = 0

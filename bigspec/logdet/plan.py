@@ -2,7 +2,7 @@
 
 The memory budget fixes the super-panel width W (a multiple of the tile size): the panel
 (tiles at or below its diagonal) plus each thread's streaming workspace must fit
-(science.md 1.3). W = n when the matrix fits.
+(Ameli et al. 2025, arXiv:2503.04424). W = n when the matrix fits.
 
 Examples
 --------
@@ -179,8 +179,9 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
                    if smaller >= 1 else "no tile size fits this budget")
             raise MemoryBudgetError(
                 f"memory budget {format_bytes(budget)} is too small for even one tile column of "
-                f"this {n} x {n} matrix with tile_size={b} on {threads} threads: the minimum is "
-                f"{format_bytes(need)}; raise memory= (CLI --memory) or use fewer threads; {fix}",
+                f"this {n} x {n} matrix with tile_size={b} on {threads} thread{'s' if threads > 1 else ''}: the "
+                f"minimum is {format_bytes(need)}; raise memory= (CLI --memory)"
+                f"{' or use fewer threads (workers with fewer threads)' if threads > 1 else ''}; {fix}",
                 budget=budget, minimum=need,
             )
         while lo < hi:                                  # largest w that fits

@@ -62,7 +62,7 @@ class DiagonalFactor:
 
     @property
     def majorant(self) -> np.ndarray:
-        """Diagonal d~ with |L| diag(d~) |L|^T >= |L| |D| |L|^T entrywise (growth bound, science.md 1.2)."""
+        """Diagonal d~ with |L| diag(d~) |L|^T >= |L| |D| |L|^T entrywise (growth bound, Higham 2002, section 11.1)."""
         if self.D is None:
             return np.ones(self.log_d.shape)
         diag, sub = np.abs(self.D[0]), np.abs(self.D[1])
@@ -187,7 +187,7 @@ def _fold_determinant(diag, sub):
     """Determinant-preserving diagonal of a 1x1/2x2 block-diagonal D.
 
     A 2x2 block [[a, c], [c, e]] becomes d_i = a, d_{i+1} = (a e - c^2) / a, so that prefix
-    sums of log|d| are leading-minor log-determinants (science.md 1.1). Returns
+    sums of log|d| are leading-minor log-determinants (Ameli et al. 2025, arXiv:2503.04424). Returns
     (log|d|, sign(d), index of the first exact zero pivot or None).
     """
     d = diag.copy()
@@ -205,7 +205,7 @@ def _fold_determinant(diag, sub):
 
 
 def growth_rows(L, majorant) -> np.ndarray:
-    """Row sums ``sum_k L_ik^2 d~_k`` of one block of L (the growth bound's diagonal, science.md 1.2)."""
+    """Row sums ``sum_k L_ik^2 d~_k`` of one block of L (the growth bound's diagonal)."""
     host = to_host(L)
     return (host * host) @ np.asarray(majorant, dtype=np.float64)
 

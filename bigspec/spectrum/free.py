@@ -1,6 +1,6 @@
 """Free decompression: the spectral density of a large matrix from the eigenvalues of a small one.
 
-Steps (science.md section 3), each with a closed form where one exists:
+Steps (Ameli et al. 2025, arXiv:2506.11994), each with a closed form where one exists:
 
 1. an atom of the sample (exact zeros of a rank-deficient matrix) is split off;
 2. the continuous part is a damped Chebyshev-U series on its support

@@ -129,7 +129,7 @@ class SpectrumResult(ResultMixin):
         """(sign, log|det|) of the size-``size`` matrix: ``size * integral log|x| rho(x) dx``.
 
         An atom at 0 gives ``-inf``. The sign counts the mass below 0. Errors at the lower
-        edge are amplified by the log (science.md section 4).
+        edge are amplified by the log (Ameli et al. 2025, arXiv:2506.11994).
         """
         if any(abs(loc) <= 1e-300 and mass > 0 for loc, mass in self.atoms):
             return 0, -np.inf
