@@ -1,4 +1,7 @@
-"""Empirical NTK of a torch ``nn.Module`` by Jacobian contraction (Jacot et al. 2018, arXiv:1806.07572; Novak et al. 2022, arXiv:2206.08720).
+"""Empirical NTK of a torch ``nn.Module`` by Jacobian contraction.
+
+Jacot, Gabriel & Hongler 2018 (arXiv:1806.07572); Novak, Sohl-Dickstein & Schoenholz 2022
+(arXiv:2206.08720) for the contraction.
 
 ``K[(i, a), (j, b)] = <d f_a(x_i) / d theta, d f_b(x_j) / d theta>``, rows sample-major
 (row = sample * d + output). The model runs in eval mode (BatchNorm running statistics,

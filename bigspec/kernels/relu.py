@@ -1,4 +1,7 @@
-"""Analytic NNGP and NTK of a deep fully connected ReLU network (Cho & Saul 2009; Jacot et al. 2018, arXiv:1806.07572; Arora et al. 2019, arXiv:1904.11955).
+"""Analytic NNGP and NTK of a deep fully connected ReLU network.
+
+Cho & Saul 2009 (arc-cosine kernels); Jacot, Gabriel & Hongler 2018 (arXiv:1806.07572);
+Arora et al. 2019 (arXiv:1904.11955).
 
 Architecture: Dense -> [ReLU -> Dense] x depth in NTK parameterisation,
 ``z^{l+1} = (sigma_w / sqrt(n_l)) W a^l + sigma_b b``. With d outputs the kernel is K (x) I_d.

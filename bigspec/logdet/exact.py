@@ -1,9 +1,10 @@
 """Exact log-determinant: left-looking super-panel LDL^T / Cholesky over a tiled store.
 
-For each super-panel of W columns (the left-looking super-panel scheme of memdet: Ameli et al. 2025, arXiv:2503.04424): read its tiles, apply the updates from
-the L tiles of all earlier panels (streamed from ``factor/``), factor it in memory (right-
-looking inside the panel), write its L tiles and d once, and mark it done. Each panel is one
-Dask graph; a killed run resumes after the last finished panel. Tiles are factored in
+For each super-panel of W columns (the left-looking scheme of memdet; Ameli et al. 2025,
+arXiv:2503.04424): read its tiles, apply the updates from the L tiles of all earlier panels
+(streamed from ``factor/``), factor it in memory (right-looking inside the panel), write its
+L tiles and d once, and mark it done. Each panel is one Dask graph; a killed run resumes
+after the last finished panel. Tiles are factored in
 float64 whatever the storage dtype, and the factor is kept in float64.
 
 Pivoting (LDL^T). Bunch-Kaufman runs inside each diagonal block of a *pivot group*: one
@@ -14,7 +15,8 @@ tile at first. Before a panel's tiles are written, its element growth
 is checked. Above ``GROWTH_RETRY`` (the backward error could reach ~1e-10 of max|A|), or at
 an exact zero pivot (which pivoting inside one tile cannot step over), the panel is factored
 again with Bunch-Kaufman across a pivot group of many tiles: the whole panel where it fits in
-one worker's share of the budget. A saddle-point matrix whose constraint rows come first, or
+one worker's share of the budget, else a narrower panel when that frees memory for a wider
+group (the rest of its columns become the next panel). A saddle-point matrix whose constraint rows come first, or
 ``[[0, 1], [1, 1]]`` with one-row tiles, is then factored as stably as LAPACK would. Where even
 that leaves the growth above ``GROWTH_LIMIT`` and pivoting could not reach the whole trailing
 matrix, :class:`~bigspec.errors.UnstableFactorizationError` says so instead of returning a
@@ -215,7 +217,10 @@ def stats_task(L, F, r0, r1, diagonal):
 
 
 def gate(stats, rows_of, scales, prior_s, prior_scale, row0, limit):
-    """A panel's element growth (the Bunch-Kaufman bound, Higham 2002, section 11.1), checked before any of its tiles is written.
+    """A panel's element growth, checked before any of its tiles is written.
+
+    The bound is Bunch-Kaufman's (Higham 2002, *Accuracy and Stability of Numerical
+    Algorithms*, section 11.1).
 
     ``stats``: (s, max|L|) of each (row tile, pivot group), ``rows_of`` their row tiles;
     ``prior_s``: the growth sums of the panel's rows from earlier panels. Raises
