@@ -13,6 +13,7 @@ import pytest
 NEEDS = {"bigspec.kernels.ntk": ("torch", "ntk", "ntk")}
 
 
+@pytest.hookimpl(tryfirst=True)  # mark before -m deselects, whatever the plugin order
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if type(item).__name__ != "DoctestItem":

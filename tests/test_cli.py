@@ -85,6 +85,7 @@ def _has_torch():
 
 
 @pytest.mark.slow
+@pytest.mark.ntk  # runs in both CI steps: without torch the demo leaves out its empirical-NTK part, with it runs it
 def test_entry_points_and_demo():
     out = subprocess.run([sys.executable, "-m", "bigspec", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("bigspec")

@@ -7,6 +7,7 @@ import bigspec
 from bigspec.errors import KernelError, TileSizeError
 from bigspec.testing import assert_logdet_close
 
+pytestmark = pytest.mark.ntk  # CI's second step (after pip install ".[ntk]") runs these with -m ntk
 torch = pytest.importorskip("torch")
 
 
