@@ -233,3 +233,20 @@ def test_hypothesis_against_numpy(n, b, seed, dtype, spd):
     assert r.sign == ref_sign
     # float32 entries are factored in float64: the oracle is the float64 logdet of the same entries
     assert abs(r.logabsdet - ref) <= 1e-9 * max(1.0, abs(ref)) or not np.isfinite(ref)
+
+
+@pytest.mark.parametrize("method", ["ldl", "cholesky"])
+@pytest.mark.parametrize("write", [True, False])
+def test_plan_task_count_is_the_graph_size(method, write, tmp_path):
+    """--dry-run's task count is the size of the graphs that run (pivoting inside each tile)."""
+    from bigspec.logdet.exact import _Factor, panel_graph
+    from bigspec.logdet.plan import make_plan
+
+    n, b = 230, 20
+    ms = bigspec.from_array(make_spd(n, seed=2), str(tmp_path / "A.zarr"), tile_size=b)
+    plan = make_plan(n, b, 8, method, 200_000, 2, write_factor=write)
+    factor = _Factor(ms.group.require_group("factor"), n, b, method, "x", True).arrays()
+    assert plan.n_panels >= 2
+    for k0, k1 in plan.panels:
+        g = panel_graph(plan, k0, k1, ms.view(), factor, 1.0, 0.0, "cpu", write)
+        assert plan.panel_tasks(k0, k1) == len(g.dsk), (k0, k1)

@@ -80,7 +80,7 @@ class Plan:
             chunks = self.row_chunks(k0, k1)
             tasks += chunks + reads + ldl * chunks   # updates, getitems, max|A| of each row block
         else:
-            tasks += reads * (1 + ldl)               # reads, max|A| of each tile
+            tasks += reads * (1 + 2 * ldl)           # reads (LDL^T: and their tile, max|A| getitems)
         return tasks + ldl                           # the growth check
 
     def summary(self) -> dict:
