@@ -185,7 +185,7 @@ def contents(store, storage_options: dict | None = None) -> Contents:
                    for p in fs.ls(path, detail=False) if p.rstrip("/") != path.rstrip("/"))
     if not names:
         return Contents("empty", (), 0)
-    if "zarr.json" in names or ".zgroup" in names:
+    if "zarr.json" in names or ".zgroup" in names or ".zarray" in names:
         try:
             group = open_group(store, "r", storage_options)
             if ATTRS_KEY in group.attrs:

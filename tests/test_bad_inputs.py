@@ -35,6 +35,13 @@ def _zarr_full(tmp_path, A, chunks=5):
     return z
 
 
+def _zarr_v2(tmp_path, missing=False):
+    path = str(tmp_path / "v2.zarr")
+    z = zarr.create_array(path, shape=(24, 24), chunks=(8, 8), dtype="float64", zarr_format=2)
+    z[:16 if missing else 24, :] = A24[:16 if missing else 24, :]
+    return path
+
+
 def _zarr_missing(tmp_path):
     z = zarr.create_array(str(tmp_path / "holes.zarr"), shape=(24, 24), chunks=(8, 8), dtype="float64")
     z[:16, :] = A24[:16, :]           # the last block row was never written
@@ -99,6 +106,7 @@ CASES = {
     "dask unknown chunks": (lambda p: _unknown_chunks(), "array", K_UNKNOWN),
     "zarr array": (lambda p: _zarr_full(p, A24), "array", A24),
     "zarr path": (lambda p: (_zarr_full(p, A24), str(p / "plain.zarr"))[1], "path", A24),
+    "zarr v2 path": (lambda p: _zarr_v2(p), "path", A24),
     ".npy path": (lambda p: _npy(p, A24), "path", A24),
     "store": (lambda p: _store(p, A24), "path", A24),
     "consolidated store": (lambda p: _store(p, A24, consolidated=True), "path", A24),
@@ -117,6 +125,8 @@ CASES = {
                             (ERR, IncompleteStoreError, r"never written.*\(2, 0\)")),
     "zarr path missing chunks": (lambda p: (_zarr_missing(p), str(p / "holes.zarr"))[1], "path",
                                  (ERR, IncompleteStoreError, r"never written.*\(2, 0\)")),
+    "zarr v2 missing chunks": (lambda p: _zarr_v2(p, missing=True), "path",
+                               (ERR, IncompleteStoreError, r"never written.*\(2, 0\)")),
     "missing path": (lambda p: str(p / "nothing.zarr"), "path", (ERR, StoreNotFoundError, r"nothing\.zarr")),
 }
 

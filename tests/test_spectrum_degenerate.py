@@ -238,5 +238,11 @@ def test_low_rank_sample_goes_heavy_tailed():
     assert r.settings["regime"] == "heavy-tailed" and "fewer than 2" in r.diagnostics["regime_reason"]
     assert r.atoms == [pytest.approx((0.0, 1 - 1 / 2000), abs=1e-12)]
     assert r.quantiles([1.0])[0] == pytest.approx(20.0) and r.mean == pytest.approx(0.01, rel=1e-12)
-    with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match="all equal"):
+    with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match="point masses only"):
         free_decompress(eig, size=2000, regime="bulk")
+
+
+def test_two_point_masses_are_refused_with_the_reason():
+    eig = np.r_[np.ones(250), 2.0 * np.ones(250)]   # e.g. I + P, P a projection: its growth depends on P
+    with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match="point masses only.*eigenvectors"):
+        free_decompress(eig, size=2000)

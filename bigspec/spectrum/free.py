@@ -498,8 +498,10 @@ def _bulk(cont, mean, alpha, support, degree, damping, glue, grid, delta, atom_t
     cont = cont[~zero] if atom else cont
     if cont.size < 2 or np.ptp(cont) <= atom_tol * top:
         raise InvalidSpectrumError(
-            "the eigenvalues above the floor are all equal: there is no continuous spectrum to decompress; "
-            "use regime='heavy-tailed' (rank order kept)")
+            "the sample's eigenvalues are point masses only (a floor, or 0, and one value above it): free "
+            "decompression grows a continuous part, and how point masses spread in a larger matrix depends on "
+            "its eigenvectors, which the eigenvalues do not show; sample larger submatrices, or pass "
+            "regime='heavy-tailed' if the matrix is a low-rank kernel whose top eigenvalues grow with n")
 
     # 2. the sample's continuous density
     if support is None:
