@@ -358,6 +358,20 @@ def test_kkt_refused_when_the_budget_cannot_hold_the_pivoting(tmp_path):
     assert r.logabsdet == pytest.approx(numpy_logdet(K)[1], rel=1e-12)
 
 
+def test_two_by_two_blocks_across_every_other_tile_edge():
+    """[[0, 1], [1, 1e-3]] blocks on the diagonal with odd tiles: every other tile edge splits a block."""
+    n = 300
+    S = np.zeros((n, n))
+    i = np.arange(0, n, 2)
+    S[i, i + 1] = S[i + 1, i] = 1.0
+    S[i + 1, i + 1] = 1e-3
+    for memory in (None, "400kB"):          # 400 kB < the 720 kB matrix: several super-panels
+        r = no_warnings(bigspec.logdet, S, tile_size=25, memory=memory)
+        assert (r.sign, r.logabsdet) == (1, pytest.approx(0.0, abs=1e-12))   # det = (-1)^150
+        assert r.pivot_groups
+    assert r.super_panels >= 2 and r.memory_budget < S.nbytes
+
+
 def test_hollow_block_matrix_in_any_order():
     rng = np.random.default_rng(1)
     B = rng.standard_normal((60, 60))

@@ -267,8 +267,12 @@ class PanelGraph:
 
 
 def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group=1, limit=math.inf,
-                prior_s=None, prior_scale=0.0) -> PanelGraph:
-    """Task graph of one super-panel with pivot groups of ``group`` tile columns."""
+                prior_s=None, prior_scale=0.0, offset=0) -> PanelGraph:
+    """Task graph of one super-panel with pivot groups of ``group`` tile columns.
+
+    With ``0 < offset < group`` the first group has ``offset`` tiles, which moves every group
+    boundary (a 2x2 pivot block that a boundary would split then lies inside a group).
+    """
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
     bounds = [(i * b, min((i + 1) * b, n)) for i in range(nt)]
     cholesky = plan.method == "cholesky"
@@ -316,7 +320,8 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
                 scales.append((name["amax"], r))
     infos, stats, writes = [], [], []
     L_array = factor["L"] if write else None
-    groups = [(g0, min(g0 + group, k1)) for g0 in range(k0, k1, group)]
+    first = k0 + offset if 0 < offset < min(group, k1 - k0) else k0
+    groups = ([(k0, first)] if first > k0 else []) + [(g0, min(g0 + group, k1)) for g0 in range(first, k1, group)]
     for g0, g1 in groups:
         cols = range(g0, g1)
         start = bounds[g0][0]
@@ -714,11 +719,11 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
             k0, k1 = queue.pop(0)
             c = bounds[k0][0]
             split_k1, widest = _pivot_split(plan, k0, k1, workers) if ldl else (k1, 1)
-            group = 1
+            group, offset, tried = 1, 0, set()
             while True:
                 can_widen = ldl and group < widest
                 g = panel_graph(plan, k0, k1, source, arrays, scale, shift, device, write, group,
-                                GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"])
+                                GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"], offset)
                 tasks += len(g.dsk)
                 try:
                     values = run_graph(g.dsk, g.keys, client, threads, bar, blas_threads)
@@ -737,6 +742,21 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
                     if k1 == nt and group >= k1 - k0:
                         singular_at = e.row
                         break
+                    moved = _move_boundary(e.row // b, k0, k1, nt, group, offset, g.groups, tried) if ldl else None
+                    if moved == "panel":
+                        # the pivot needs a row of the next panel: end this one before its tile
+                        k1 = e.row // b
+                        queue = [(s0, min(s0 + plan.panel_tiles, nt)) for s0 in range(k1, nt, plan.panel_tiles)]
+                        splits += 1
+                        logger.info("panel %d:%d: %s at the panel's edge; the panel ends before it", k0, k1,
+                                    _why(e))
+                        group, offset = min(group, k1 - k0), 0
+                        continue
+                    if moved is not None:
+                        logger.info("panel %d:%d: %s at a pivot group's edge; groups of %d tiles from offset %d",
+                                    k0, k1, _why(e), *moved)
+                        group, offset = moved
+                        continue
                     raise _unstable(plan, e.row, None, group, k0, k1, b) from None
                 break
             if singular_at is not None:
@@ -783,6 +803,29 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
     minors = np.concatenate(minor_parts) if log_d is not None and minor_parts else np.zeros(0, bool)
     return {"log_d": log_d, "sign_d": sign_d, "leading_minor": minors, "stats": stats, "singular_at": singular_at,
             "computed": computed, "tasks": tasks, "splits": splits}
+
+
+MAX_REGROUPS = 8  # pivot-group layouts tried for one panel before giving up
+
+
+def _move_boundary(t, k0, k1, nt, group, offset, groups, tried):
+    """A new layout for a panel whose pivoting failed in tile ``t``, the last of its group.
+
+    Bunch-Kaufman inside a group cannot pair the group's last row with the next group's first
+    (a 2x2 pivot block across the boundary). Returns ``"panel"`` when ``t`` ends the panel (the
+    panel then ends before ``t``), ``(group, offset)`` of an untried layout with ``t`` and
+    ``t + 1`` in one group, or None (the failure is inside a group, or every layout was tried).
+    """
+    tried.add((group, offset))
+    if not any(g1 - 1 == t for _, g1 in groups) or len(tried) > MAX_REGROUPS:
+        return None
+    if t + 1 == k1:
+        return "panel" if k1 < nt and t > k0 else None
+    for size in range(group, 1, -1):
+        for o in sorted(range(size), key=lambda o: abs(o - (t + 1 - k0 - size // 2) % size)):
+            if (size, o) not in tried and (t + 1 - k0 - o) % size != 0 and t + 1 - k0 != o:
+                return size, o
+    return None
 
 
 def _why(e) -> str:
