@@ -10,7 +10,8 @@ checked the same way and fails with the same message:
 * a zarr array has no chunk that was never written (zarr would read it as its fill value);
 * every entry is finite; the first NaN or inf is named by row and column;
 * the matrix is symmetric: the largest ``|A[i, j] - A[j, i]|`` must stay below
-  ``rtol * max|A|`` (rtol 1e-10 for float64, 1e-4 for float32; config ``bigspec.symmetry-rtol``).
+  ``rtol * max|A|`` (rtol 1e-10 for float64, 1e-4 for float32; config ``bigspec.symmetry-rtol``),
+  and every path then reads the lower triangle (diagonal tiles too, mirrored, not averaged).
   A matrix given as one triangle (the other all zero, or never written) is read from that
   triangle with ``triangle="upper"`` or ``"lower"``, which mirrors it exactly and reads nothing
   of the other half.

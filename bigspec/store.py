@@ -389,8 +389,8 @@ def _compressors():
 def _prepare_tile(tile: np.ndarray, diagonal: bool, dtype, index=(0, 0), origin=(0, 0)) -> np.ndarray:
     tile = np.asarray(tile, dtype=dtype)
     _check_finite(tile, *index, *origin)
-    if diagonal:
-        tile = (tile + tile.T) / 2
+    if diagonal:  # the lower triangle, mirrored: what every input path reads (not the average)
+        tile = np.tril(tile) + np.tril(tile, -1).T
     return tile
 
 

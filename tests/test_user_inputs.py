@@ -103,6 +103,21 @@ def test_numpy_and_dask_read_the_same_triangle():
     assert bigspec.logdet(L.T, triangle="upper").logabsdet == pytest.approx(numpy_logdet(full)[1], rel=1e-12)
 
 
+def test_every_path_reads_the_lower_triangle_of_a_nearly_symmetric_matrix(tmp_path):
+    A = make_spd(200, seed=3)
+    B = A + np.triu(np.random.default_rng(1).standard_normal((200, 200)), 1) * 1e-12 * np.abs(A).max()
+    lower = np.tril(B) + np.tril(B, -1).T            # within the tolerance: accepted, read as its lower triangle
+    upper = np.triu(B) + np.triu(B, 1).T
+    right, other = numpy_logdet(lower)[1], numpy_logdet(upper)[1]
+    assert abs(right - other) > 1e-10                # the triangles differ by more than rounding
+    z = zarr.create_array(str(tmp_path / "B.zarr"), shape=B.shape, chunks=(64, 64), dtype="float64")
+    z[...] = B
+    ms = bigspec.from_array(B, str(tmp_path / "K.zarr"), tile_size=50)
+    assert np.array_equal(ms.read(0, 200, 0, 200), lower)
+    for X in (B, da.from_array(B, chunks=64), z, ms):
+        assert bigspec.logdet(X, tile_size=None if X is ms else 50).logabsdet == pytest.approx(right, abs=1e-12)
+
+
 def test_cli_refuses_asymmetric_npy(tmp_path, capsys):
     np.save(tmp_path / "A.npy", ASYMMETRIC)
     assert run_main(["logdet", str(tmp_path / "A.npy"), *LOCAL]) == 1
