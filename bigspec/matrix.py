@@ -152,6 +152,11 @@ def _load(A, storage_options, mode):
             f"{loc.url} is a file but not a .npy file; bigspec reads matrices from .npy files, zarr arrays "
             f"and bigspec stores (save it with numpy.save(path, A))", path=loc.url)
     found = contents(A, storage_options)
+    if found.kind == "file":
+        raise InvalidMatrixError(
+            f"{loc.url} is a file at a remote URL; bigspec memory-maps .npy files on a local disk only: copy it "
+            f"to a local path, or store the matrix as a zarr array (zarr.save_array(URL, A)), which is read "
+            f"tile by tile from anywhere", path=loc.url)
     if found.kind == "bigspec":
         return MatrixStore(open_group(A, mode, storage_options))
     if found.kind == "zarr":

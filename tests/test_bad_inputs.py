@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 import warnings
 
 import dask.array as da
@@ -56,6 +57,19 @@ def _store(tmp_path, A, consolidated=False):
             warnings.simplefilter("ignore")          # zarr: consolidated metadata is not in the v3 spec
             zarr.consolidate_metadata(path)
     return path
+
+
+def _memory(tmp_path, A=None, npy=False):
+    """A bigspec store (or a .npy file) on fsspec's in-memory filesystem, one per test."""
+    import fsspec
+
+    url = f"memory://bigspec-bad-inputs/{uuid.uuid4().hex}/" + ("A.npy" if npy else "K.zarr")
+    if npy:
+        with fsspec.open(url, "wb") as f:
+            np.save(f, A24)
+    else:
+        bigspec.from_array(A24, url, tile_size=5)
+    return url
 
 
 def _npy(tmp_path, A, name="A.npy"):
@@ -111,6 +125,8 @@ CASES = {
     "store": (lambda p: _store(p, A24), "path", A24),
     "consolidated store": (lambda p: _store(p, A24, consolidated=True), "path", A24),
     "file:// URL": (lambda p: (_store(p, A24), (p / "K.zarr").as_uri())[1], "path", A24),
+    "memory:// URL": (lambda p: _memory(p), "url", A24),
+    "remote .npy": (lambda p: _memory(p, npy=True), "url", (ERR, InvalidMatrixError, r"remote URL.*zarr")),
     "empty": (lambda p: np.zeros((0, 0)), "array", (ERR, InvalidMatrixError, r"empty")),
     "non-square": (lambda p: np.zeros((3, 4)), "array", (ERR, InvalidMatrixError, r"square.*\(3, 4\)")),
     "1-d": (lambda p: np.ones(4), "array", (ERR, InvalidMatrixError, r"square.*\(4,\)")),
