@@ -37,7 +37,7 @@ def get_namespace(device: str = "cpu"):
     except ImportError as e:  # pragma: no cover - depends on the machine
         raise BackendUnavailableError(
             "device='gpu' needs cupy: install bigspec's gpu extra, "
-            "`pip install 'bigspec[gpu]'` (cupy-cuda12x, dask-cuda)"
+            "`pip install \".[gpu]\"` in the bigspec checkout (cupy-cuda12x, dask-cuda)"
         ) from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()

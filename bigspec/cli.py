@@ -329,7 +329,7 @@ def demo(n_samples, ntk_samples, tile_size, workdir, as_json, scheduler, schedul
                    f"({r['numpy_seconds']:.2f} s, in core)")
         click.echo(f"  relative difference: {r['rel_diff']:.2e}")
     if "empirical_ntk" not in out:
-        click.echo("(install torch for the empirical-NTK part: pip install 'bigspec[ntk]')")
+        click.echo("(install torch for the empirical-NTK part: pip install torch, or pip install '.[ntk]' in the bigspec checkout)")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -94,7 +94,7 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
             from dask_cuda import LocalCUDACluster
         except ImportError as e:
             raise BackendUnavailableError(
-                "--gpu needs dask-cuda and cupy: pip install 'bigspec[gpu]'"
+                "--gpu needs dask-cuda and cupy: pip install \".[gpu]\" in the bigspec checkout (cupy-cuda12x, dask-cuda)"
             ) from e
         cluster_cm = LocalCUDACluster(threads_per_worker=threads or 1, memory_limit=memory_limit)
     else:

@@ -26,7 +26,7 @@ def digits():
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise ImportError("bigspec demo uses scikit-learn's bundled digits: pip install 'bigspec[examples]'") from e
+        raise ImportError("bigspec demo uses scikit-learn's bundled digits: pip install scikit-learn, or pip install \".[examples]\" in the bigspec checkout") from e
     data = load_digits()
     return data.data / 16.0, data.target
 

@@ -118,6 +118,9 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     from .progress import Progress, run_graph, want_progress
     from .store import check_dtype, check_tile_size
 
+    from .validate import check_flag
+
+    overwrite, shuffle = check_flag(overwrite, "overwrite"), check_flag(shuffle, "shuffle")
     k = get_kernel(kernel, **kernel_params)
     check_device(device)
     dtype = check_dtype(dtype)

@@ -207,9 +207,22 @@ def is_store(store, storage_options: dict | None = None) -> bool:
 # -- guarding a write ---------------------------------------------------------------------
 
 def source_location(obj) -> Location | None:
-    """Where an input lives, if it lives in files: a .npy memmap, a zarr array or group, a path."""
+    """Where an input lives, if it lives in files: a .npy memmap, a zarr array or group, a path.
+
+    Wrappers are looked through: a bigspec ``MatrixStore`` (its group), a validated
+    ``Matrix`` (its store, origin or source) and the tile views (their zarr array).
+    """
     if isinstance(obj, (str, os.PathLike)):
         return locate(obj)
+    for attr in ("store", "origin", "source"):  # bigspec.matrix.Matrix
+        if type(obj).__name__ == "Matrix" and getattr(obj, attr, None) is not None:
+            found = source_location(getattr(obj, attr))
+            if found is not None:
+                return found
+    for attr in ("group", "array"):  # MatrixStore, SymmetricView, TriangleView
+        inner = getattr(obj, attr, None)
+        if isinstance(inner, (zarr.Group, zarr.Array)):
+            return source_location(inner)
     filename = getattr(obj, "filename", None)  # numpy.memmap
     if isinstance(filename, str):
         return locate(filename)
@@ -244,10 +257,11 @@ def check_not_input(target: Location, inputs, what: str = "store") -> None:
     for obj in inputs:
         src = source_location(obj) if not isinstance(obj, Location) else obj
         if src is not None and _nested(target, src):
+            inside = (target.path.rstrip("/") + "/").startswith(src.path.rstrip("/") + "/")
             raise StoreExistsError(
                 f"the {what} {target.url} would overwrite the input {src.url} (one is, holds or lies "
                 f"inside the other); write the {what} to a separate path, e.g. "
-                f"{_sibling(target)}", store=target.url, input=src.url)
+                f"{_sibling(src if inside else target)}", store=target.url, input=src.url)
 
 
 def _sibling(loc: Location) -> str:
@@ -262,8 +276,8 @@ def prepare_target(store, *, overwrite: bool = False, storage_options: dict | No
     """An empty zarr group at ``store``, ready for a new matrix store.
 
     A missing or empty target is created. A bigspec store, other zarr data or other files
-    are replaced only with ``overwrite=True``; anything that is not a bigspec store is then
-    listed in an :class:`~bigspec.errors.OverwriteWarning` before it is deleted. A target
+    are replaced only with ``overwrite=True``, and then listed in an
+    :class:`~bigspec.errors.OverwriteWarning` before they are deleted. A target
     that is, holds or lies inside one of ``inputs`` is refused whatever ``overwrite`` says.
 
     Raises
@@ -272,6 +286,9 @@ def prepare_target(store, *, overwrite: bool = False, storage_options: dict | No
         The target holds something and ``overwrite`` was not given, it is a file, or it
         would overwrite an input.
     """
+    from .validate import check_flag
+
+    overwrite = check_flag(overwrite, "overwrite")
     loc = locate(store, storage_options)
     check_not_input(loc, inputs, what)
     found = contents(store, storage_options)
@@ -288,9 +305,9 @@ def prepare_target(store, *, overwrite: bool = False, storage_options: dict | No
                 f"{_sibling(loc) if found.kind == 'bigspec' else posixpath.join(loc.url.rstrip('/'), 'K.zarr')}"
                 f", or pass {flag} to delete {'it' if found.kind == 'bigspec' else 'all of it'} and write there",
                 store=loc.url, kind=found.kind)
-        if found.kind != "bigspec":
-            warnings.warn(f"overwrite=True: deleting {found.count} entr{'y' if found.count == 1 else 'ies'} at "
-                          f"{loc.url}, which is not a bigspec store: {listing}", OverwriteWarning, stacklevel=3)
+        what_is = "the bigspec store" if found.kind == "bigspec" else "what is not a bigspec store"
+        warnings.warn(f"overwrite=True: deleting {found.count} entr{'y' if found.count == 1 else 'ies'} at "
+                      f"{loc.url}, {what_is}: {listing}", OverwriteWarning, stacklevel=3)
         _delete(loc)
     if loc.protocol is None:
         return loc.target

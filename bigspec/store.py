@@ -324,7 +324,9 @@ def from_array(
     """
     from .matrix import as_matrix
     from .storage import prepare_target
+    from .validate import check_flag
 
+    overwrite, symmetric = check_flag(overwrite, "overwrite"), check_flag(symmetric, "symmetric")
     m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, symmetric=symmetric,
                   storage_options=storage_options if isinstance(A, (str, os.PathLike)) else None)
     tile_size = check_tile_size(config.get("tile-size") if tile_size is None else tile_size)

@@ -281,6 +281,8 @@ def test_cli_values(case, tmp_path, capsys):
 E200 = np.random.default_rng(0).standard_normal(200)
 SPECTRUM_ERRORS = {
     "empty": (([],), {"size": 10}, r"non-empty"),
+    "empty 2-d": ((np.zeros((0, 0)),), {"size": 10}, r"non-empty"),
+    "the matrix itself": ((A24,), {"size": 100}, r"looks like the matrix itself.*eigvalsh"),
     "nan": ((np.r_[E200, np.nan],), {"size": 1000}, r"1 NaN"),
     "complex": ((E200 + 1j,), {"size": 1000}, r"complex.*eigvalsh"),
     "strings": ((["a", "b"],), {"size": 10}, r"numbers"),

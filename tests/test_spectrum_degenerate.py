@@ -246,3 +246,28 @@ def test_two_point_masses_are_refused_with_the_reason():
     eig = np.r_[np.ones(250), 2.0 * np.ones(250)]   # e.g. I + P, P a projection: its growth depends on P
     with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match="point masses only.*eigenvectors"):
         free_decompress(eig, size=2000)
+
+
+def _wishart(n, seed):
+    Z = np.random.default_rng(seed).standard_normal((n, int(n / 0.75)))
+    return Z @ Z.T / Z.shape[1]
+
+
+def test_one_small_eigenvalue_is_not_an_atom():
+    """A sample of 20: its smallest eigenvalue is 5% of it but is no point mass."""
+    S = _wishart(60, 0)
+    with pytest.warns(DecompressionWarning, match="mean is off"):     # 20 eigenvalues: a rough fit, and it says so
+        r = bigspec.free_decompress(np.linalg.eigvalsh(S[:20, :20]), size=60)
+    assert r.atoms == [] and r.settings["floor"] == 0.0
+    assert r.quantiles([0.01])[0] < r.quantiles([0.5])[0] - 0.1        # no mass piled on one value
+
+
+def test_density_below_a_positive_sample_is_flagged():
+    S = _wishart(400, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bigspec.free_decompress(np.linalg.eigvalsh(S[:50, :50]), size=400)
+    assert any("positive semidefinite" in str(w.message) and "below" in str(w.message) for w in caught)
+    S = _wishart(2000, 2)                     # enough eigenvalues: right, and quiet
+    r = clean(np.linalg.eigvalsh(S[:500, :500]), size=2000)
+    assert r.support[0] > 0

@@ -46,7 +46,7 @@ def _torch():
         import torch
     except ImportError as e:  # pragma: no cover - depends on the machine
         raise BackendUnavailableError(
-            "the 'ntk' kernel needs torch: pip install 'bigspec[ntk]' (or torch itself)") from e
+            "the 'ntk' kernel needs torch: pip install torch, or pip install \".[ntk]\" in the bigspec checkout") from e
     return torch
 
 

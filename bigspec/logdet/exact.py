@@ -55,6 +55,7 @@ from ..matrix import as_matrix
 from ..progress import Progress, run_graph, want_progress
 from ..results import LogdetResult
 from ..store import check_tile_size, create_matrix, write_matrix
+from ..validate import check_flag, check_number
 from . import EXACT_METHODS as METHODS
 from . import tiles
 from .plan import make_plan
@@ -391,21 +392,16 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
 
 # --------------------------------------------------------------------------- inputs
 def _check_scale_shift(scale, shift, n):
-    try:
-        scale = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number, got {scale!r}") from None
-    if not math.isfinite(scale) or scale == 0.0:
-        raise ValueError(f"scale must be a finite nonzero number, got {scale}")
+    scale = check_number(scale, "scale")
+    if scale == 0.0:
+        raise ValueError("scale must be nonzero, got 0.0")
     if np.ndim(shift) == 0:
-        try:
-            shift = float(shift)
-        except (TypeError, ValueError):
-            raise ValueError(f"shift must be a number or a vector of length n={n}, got {shift!r}") from None
-        if not math.isfinite(shift):
-            raise ValueError(f"shift must be finite, got {shift}")
+        shift = check_number(shift, "shift")
         return scale, (None if shift == 0.0 else shift)
-    shift = np.asarray(shift, dtype=np.float64)
+    shift = np.asarray(shift)
+    if shift.dtype.kind not in "biuf":
+        raise TypeError(f"shift must be a number or a vector of numbers of length n={n}, got dtype {shift.dtype}")
+    shift = shift.astype(np.float64)
     if shift.shape != (n,):
         raise ValueError(
             f"shift must be a scalar or a vector of length n={n} (one value per diagonal entry), "
@@ -545,6 +541,8 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
                  dry_run=False, storage_options=None, triangle=None, missing_chunks="error"):
     """Exact log-determinant by tiled LDL^T / Cholesky; see :func:`bigspec.logdet`."""
     t_start = time.perf_counter()
+    checkpoint = check_flag(checkpoint, "checkpoint", allow_none=True)
+    overwrite, dry_run = check_flag(overwrite, "overwrite"), check_flag(dry_run, "dry_run")
     method = method or config.get("method", "ldl")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)} for the exact logdet, got {method!r}")

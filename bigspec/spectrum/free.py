@@ -282,6 +282,14 @@ def _pool(eigenvalues, sample_size):
         samples = [np.asarray(e) for e in eigenvalues]
     else:
         arr = np.asarray(eigenvalues)
+        if arr.ndim == 2 and arr.size == 0:
+            raise InvalidSpectrumError(f"eigenvalues must be non-empty, got shape {arr.shape}")
+        if arr.ndim == 2 and arr.shape[0] == arr.shape[1] > 1 and arr.dtype.kind in "biuf" and \
+                np.array_equal(arr, arr.T):
+            raise InvalidSpectrumError(
+                f"eigenvalues has shape {arr.shape} and is symmetric: that looks like the matrix itself, not its "
+                f"eigenvalues; pass numpy.linalg.eigvalsh(A) (or bigspec.spectrum(A) to sample it); several "
+                f"samples are rows (n_samples, sample_size) of eigenvalues")
         samples = list(arr) if arr.ndim == 2 else [arr]
     for e in samples:
         if e.dtype.kind not in "biufc":
@@ -435,7 +443,7 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     floor, cont = 0.0, pooled
     if cluster.all():  # c I up to rounding: every principal submatrix, and the matrix, is c I
         floor, regime, reason = mean, "point-mass", "all eigenvalues are equal to within atom_tol"
-    elif cluster.mean() >= 0.01:
+    elif cluster.mean() >= 0.01 and cluster.sum() >= 2:   # one eigenvalue is not an atom, however small the sample
         floor = float(pooled.min()) if abs(pooled.min()) > atom_tol * top else 0.0
         # what is left of the atom is rounding, or eigenvalues below the resolution
         cont = np.where(cluster, 0.0, pooled - floor)
@@ -492,7 +500,7 @@ def _bulk(cont, mean, alpha, support, degree, damping, glue, grid, delta, atom_t
     top = float(np.max(np.abs(cont)))
     zero = np.abs(cont) <= atom_tol * top
     atom = None
-    if zero.mean() >= 0.01:
+    if zero.mean() >= 0.01 and zero.sum() >= 2:
         atom = (0.0, float(zero.mean()))
     spread = math.sqrt(alpha * float(np.var(cont)))  # the second free cumulant scales by alpha
     cont = cont[~zero] if atom else cont
@@ -576,6 +584,17 @@ def _bulk(cont, mean, alpha, support, degree, damping, glue, grid, delta, atom_t
         warn.append(f"the density's mean is off the sample mean by {fit_mean - mean:+.4g}, {mean_error:+.3g} x the "
                     f"spread {spread:.4g}: the decompression is unreliable here (``trace`` is still exact)")
 
+    if cont.min() >= -1e-9 * top:
+        # principal submatrices of a positive semidefinite matrix are too; their
+        # decompression should stay at or above their lower edge
+        neg = x < -1e-6 * rho.span
+        below = float(np.trapezoid(density[neg], x[neg])) if neg.sum() > 1 else 0.0
+        below += sum(m_ for p, m_ in atoms if p < -1e-6 * rho.span)
+        if below > 0.01:
+            lowest = float(x[np.argmax(density > 1e-3 * density.max())]) if density.max() > 0 else float(x[0])
+            warn.append(f"the sample is positive semidefinite (above its floor) but the decompressed density puts "
+                        f"{below:.1%} of its mass below that edge (down to {lowest:.4g} from it): the decompression "
+                        f"is unreliable here; sample larger submatrices, or more of them (n_samples)")
     nz = density > 1e-3 * density.max() if density.max() > 0 else density > 0
     return {
         "x": x, "density": density,
