@@ -16,14 +16,18 @@ from . import config  # noqa: F401  (registers the defaults in dask.config)
 from .errors import (
     BackendUnavailableError,
     BigspecError,
+    GrowthWarning,
     IncompleteStoreError,
     InvalidMatrixError,
     MemoryBudgetError,
+    NonFiniteError,
     NotPositiveDefiniteError,
+    OverwriteWarning,
     SingularMatrixWarning,
     StoreExistsError,
     StoreNotFoundError,
     TileSizeError,
+    UnstableFactorizationError,
 )
 
 from .form import form  # noqa: E402  light: zarr and dask load on first call
@@ -38,6 +42,7 @@ for _name in ("laws", "metrics", "free", "chebyshev", "result", "sample", "Spect
               "DecompressionWarning", "InvalidSpectrumError"):
     setattr(_spectrum_function, _name, getattr(_spectrum_module, _name))
 spectrum = _spectrum_function
+DecompressionWarning, InvalidSpectrumError = _spectrum_module.DecompressionWarning, _spectrum_module.InvalidSpectrumError
 del _name
 
 __version__ = "0.1.0"
@@ -52,10 +57,11 @@ _lazy = {
     "SpectrumResult": "bigspec.spectrum.result",
 }
 
-__all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "SpectrumResult", "BackendUnavailableError", "BigspecError", "IncompleteStoreError",
-                  "InvalidMatrixError", "MemoryBudgetError", "NotPositiveDefiniteError",
-                  "SingularMatrixWarning", "StoreExistsError", "StoreNotFoundError", "TileSizeError",
-                  "__version__"])
+__all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",
+                  "BigspecError", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
+                  "InvalidMatrixError", "InvalidSpectrumError", "MemoryBudgetError", "NonFiniteError",
+                  "NotPositiveDefiniteError", "OverwriteWarning", "SingularMatrixWarning", "StoreExistsError",
+                  "StoreNotFoundError", "TileSizeError", "UnstableFactorizationError", "__version__"])
 
 
 def __getattr__(name):

@@ -162,7 +162,14 @@ def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chu
     from .logdet import logdet as run_logdet
     from .matrix import as_matrix
 
-    source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+")  # errors before a cluster
+    from .store import check_tile_size
+    from .validate import check_memory
+
+    # every argument is checked before a cluster starts
+    check_memory(memory)
+    if tile_size is not None:
+        check_tile_size(tile_size)
+    source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+")
     kwargs = dict(method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
                   checkpoint=checkpoint, overwrite=overwrite, device="gpu" if gpu else "cpu",
                   progress=progress, triangle=triangle, missing_chunks=missing_chunks)
@@ -202,7 +209,10 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
     from .matrix import as_matrix
     from .spectrum import spectrum as run_spectrum
 
+    from .spectrum.sample import check_sample_size
+
     matrix = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks)  # errors before a cluster
+    check_sample_size(sample_size, matrix.n, n_samples)
     options = {"degree": degree} if degree else {}
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         res = run_spectrum(matrix, sample_size=sample_size, n_samples=n_samples, size=size, regime=regime,
@@ -223,8 +233,6 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
                f"quantiles 1/50/99% = {q[0]:.4g} / {q[1]:.4g} / {q[2]:.4g}")
     for loc, mass in res.atoms:
         click.echo(f"atom at {loc:.4g} with mass {mass:.4f}")
-    for w in res.diagnostics.get("warnings", []):
-        click.echo(f"warning: {w}", err=True)
     click.echo(f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
 
 

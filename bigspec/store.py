@@ -283,7 +283,8 @@ def from_array(
     store : str, os.PathLike or zarr.Group
         Where to write: a path, an fsspec URL (``file://``, ``s3://``, ``memory://``) or a group.
     tile_size : int, optional
-        Tile edge; default ``bigspec.tile-size`` from the config. The last tile may be ragged.
+        Tile edge; default: the tiles of a bigspec store given as ``A``, else ``bigspec.tile-size``
+        from the config. The last tile may be ragged.
     symmetric : bool, default True
         Store only the lower tiles (readers mirror them); diagonal tiles are stored exactly
         symmetric. ``False`` stores every tile of a non-symmetric matrix as it is.
@@ -329,8 +330,9 @@ def from_array(
     overwrite, symmetric = check_flag(overwrite, "overwrite"), check_flag(symmetric, "symmetric")
     m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, symmetric=symmetric,
                   storage_options=storage_options if isinstance(A, (str, os.PathLike)) else None)
-    tile_size = check_tile_size(config.get("tile-size") if tile_size is None else tile_size)
-    tile_size = min(tile_size, m.n)
+    if tile_size is None:
+        tile_size = m.tile_size or config.get("tile-size")
+    tile_size = min(check_tile_size(tile_size), m.n)
     group = prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=[m.origin])
     ms = create_matrix(group, m.n, tile_size, m.dtype, symmetric, {"source": m.kind, **(attrs or {})})
     write_matrix(m, ms)

@@ -40,3 +40,26 @@ def check_number(value, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def check_memory(memory):
+    """A memory budget: ``None`` / ``"auto"`` (returned as is) or a positive size, returned in bytes.
+
+    Strings are parsed by :func:`dask.utils.parse_bytes` ("4GiB", "500MB", "2e9").
+    """
+    if memory is None or memory == "auto":
+        return memory
+    if isinstance(memory, str):
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(memory)
+        except ValueError:
+            raise ValueError(f"memory={memory!r} is not a size; use e.g. '4GiB', '500MB' or 'auto'") from None
+    elif isinstance(memory, (numbers.Real, np.integer, np.floating)) and not isinstance(memory, (bool, np.bool_)):
+        value = memory
+    else:
+        raise TypeError(f"memory must be 'auto', a size string like '4GiB' or a number of bytes, got {memory!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"memory must be a positive size, got {memory!r}")
+    return int(value)

@@ -313,3 +313,55 @@ def test_free_decompress_unusual_but_valid():
     e = E200.copy()
     bigspec.free_decompress(e, size=1000)
     assert np.array_equal(e, E200)                                                   # the input is not changed
+
+
+# -- the other arguments: one validator each, an error naming the argument, nothing written ------------
+
+ARGUMENT_ERRORS = [
+    ("from_array", {"overwrite": "no"}, TypeError, r"overwrite must be True or False, got 'no'"),
+    ("from_array", {"symmetric": "false"}, TypeError, r"symmetric must be True or False"),
+    ("from_array", {"tile_size": 0}, ValueError, r"tile_size must be a positive integer"),
+    ("form", {"overwrite": "no"}, TypeError, r"overwrite must be True or False"),
+    ("form", {"shuffle": "no"}, TypeError, r"shuffle must be True or False"),
+    ("logdet", {"checkpoint": "yes"}, TypeError, r"checkpoint must be True, False or None"),
+    ("logdet", {"overwrite": 1}, TypeError, r"overwrite must be True or False"),
+    ("logdet", {"dry_run": "true"}, TypeError, r"dry_run must be True or False"),
+    ("logdet", {"shift": "1e-3"}, TypeError, r"shift must be a number, got '1e-3'"),
+    ("logdet", {"shift": np.nan}, ValueError, r"shift must be finite"),
+    ("logdet", {"scale": None}, TypeError, r"scale must be a number"),
+    ("logdet", {"scale": 0}, ValueError, r"scale must be nonzero"),
+    ("logdet", {"memory": "lots"}, ValueError, r"memory='lots' is not a size"),
+    ("logdet", {"memory": -1}, ValueError, r"memory must be a positive size"),
+    ("logdet", {"memory": True}, TypeError, r"memory must be 'auto'"),
+    ("logdet", {"method": "choleski"}, ValueError, r"unknown method 'choleski'; choose one of: ldl, cholesky"),
+    ("logdet", {"triangle": "up"}, ValueError, r"triangle must be None.*'lower' or 'upper'"),
+]
+
+
+@pytest.mark.parametrize("entry,kwargs,error,message", ARGUMENT_ERRORS,
+                         ids=[f"{e}-{next(iter(k))}={next(iter(k.values()))!r}" for e, k, *_ in ARGUMENT_ERRORS])
+def test_argument_errors(entry, kwargs, error, message, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "thesis.tex").write_text("mine")
+    call = {"from_array": lambda: bigspec.from_array(A24, str(target), **kwargs),
+            "form": lambda: bigspec.form("rbf", np.random.default_rng(0).uniform(size=(20, 2)), str(target),
+                                         **kwargs),
+            "logdet": lambda: bigspec.logdet(A24, **kwargs)}[entry]
+    with pytest.raises(error, match=message):
+        call()
+    assert sorted(os.listdir(target)) == ["thesis.tex"] and (target / "thesis.tex").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args", [["--memory", "lots"], ["--tile-size", "0"], ["--memory", "-5"]])
+def test_cli_checks_arguments_before_starting_a_cluster(args, tmp_path, capsys):
+    path = _npy(tmp_path, A24)
+    assert run_main(["logdet", path, *args, *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "dashboard" not in err
+
+
+def test_cli_spectrum_checks_sample_size_first(tmp_path, capsys):
+    assert run_main(["spectrum", _npy(tmp_path, A24), "--sample-size", "0", *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert "sample_size must be >= 2" in err and "dashboard" not in err

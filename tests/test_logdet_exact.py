@@ -250,3 +250,22 @@ def test_plan_task_count_is_the_graph_size(method, write, tmp_path):
     for k0, k1 in plan.panels:
         g = panel_graph(plan, k0, k1, ms.view(), factor, 1.0, 0.0, "cpu", write)
         assert plan.panel_tasks(k0, k1) == len(g.dsk), (k0, k1)
+
+
+def test_dry_run_of_a_complete_factor_says_it_is_cached(tmp_path):
+    ms = bigspec.from_array(make_spd(60, seed=1), str(tmp_path / "A.zarr"), tile_size=20)
+    bigspec.logdet(ms, checkpoint=True)
+    plan = bigspec.logdet(ms, dry_run=True, checkpoint=True)
+    assert "nothing to compute" in str(plan) and "cached" in plan.describe()
+    fresh = bigspec.logdet(ms, dry_run=True, checkpoint=True, overwrite=True)
+    assert fresh.n_panels >= 1 and "tasks:" in str(fresh)
+
+
+def test_names_of_the_errors_and_warnings_are_exported():
+    import bigspec.errors
+
+    for name in ("UnstableFactorizationError", "GrowthWarning", "OverwriteWarning", "SingularMatrixWarning",
+                 "NonFiniteError"):
+        assert getattr(bigspec, name) is getattr(bigspec.errors, name)
+    assert bigspec.DecompressionWarning is bigspec.spectrum.DecompressionWarning
+    assert len(bigspec.__all__) == len(set(bigspec.__all__))

@@ -36,7 +36,7 @@ import warnings
 
 import numpy as np
 import zarr
-from dask.utils import format_bytes, parse_bytes
+from dask.utils import format_bytes
 
 from .. import config
 from ..backend import check_device, namespace_of, return_freed_tiles_to_os, to_device, to_host
@@ -55,7 +55,7 @@ from ..matrix import as_matrix
 from ..progress import Progress, run_graph, want_progress
 from ..results import LogdetResult
 from ..store import check_tile_size, create_matrix, write_matrix
-from ..validate import check_flag, check_number
+from ..validate import check_flag, check_memory, check_number
 from . import EXACT_METHODS as METHODS
 from . import tiles
 from .plan import make_plan
@@ -413,23 +413,15 @@ def _check_scale_shift(scale, shift, n):
 
 
 def _budget(memory, client, n_workers_memory):
-    if memory is None:
-        memory = config.get("memory", "auto")
-    frac = float(config.get("memory-fraction", 0.5))
-    if memory == "auto":
+    memory = check_memory(config.get("memory", "auto") if memory is None else memory)
+    if memory is None or memory == "auto":
+        frac = float(config.get("memory-fraction", 0.5))
         if client is not None and n_workers_memory:
             return int(n_workers_memory * frac)
         import psutil
 
         return int(psutil.virtual_memory().available * frac)
-    if isinstance(memory, str):
-        try:
-            return parse_bytes(memory)
-        except ValueError as e:
-            raise ValueError(f"memory={memory!r} is not a size; use e.g. '4GiB', '500MB' or 'auto'") from e
-    if isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory > 0:
-        return int(memory)
-    raise ValueError(f"memory must be 'auto', a size string like '4GiB' or a positive number of bytes, got {memory!r}")
+    return memory
 
 
 def _shift_digest(scale, shift):
@@ -578,7 +570,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     while True:
         try:
             probe = make_plan(n, b, itemsize, method, budget, threads, workers, max_tasks=max_tasks,
-                              storage_itemsize=m.dtype.itemsize)
+                              storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None)
             break
         except MemoryBudgetError:
             if client is not None or threads <= 1 or config.get("threads", None):
@@ -599,7 +591,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
             start = int(meta.get("columns_done", 0)) if same and not overwrite else 0
         return make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
                          write_factor=use_store or not probe.in_memory, max_tasks=max_tasks,
-                         storage_itemsize=m.dtype.itemsize)
+                         storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None)
     factor = None
     if use_store:
         factor = _Factor(ms.group.require_group("factor"), n, b, method, digest, overwrite)
@@ -611,7 +603,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     resumed_panels = int(factor.meta.get("panels_done", 0)) if factor is not None and start else 0
     plan = make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
                      write_factor=factor is not None or not probe.in_memory, max_tasks=max_tasks,
-                     storage_itemsize=m.dtype.itemsize)
+                     storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None)
     tmp = []
     try:
         source = m.source

@@ -114,8 +114,16 @@ class Plan:
             "workers": self.workers, "threads": self.threads,
         }
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
+        """The plan in words (what ``--dry-run`` prints; also ``str(plan)``)."""
         s = self.summary()
+        if not self.panels and self.start_column >= self.n_tiles:
+            return (f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}\n"
+                    f"  nothing to compute: the store holds the complete factor for these settings, so logdet "
+                    f"returns its cached result (overwrite=True, CLI --overwrite, factors it again)")
         return "\n".join([
             f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}",
             f"  super-panels: {s['super_panels']} of width {s['panel_width']}"
@@ -149,10 +157,17 @@ def _workspace(h: int, W: int, b: int, ldl: bool) -> int:
     return (h + (2 if ldl else 1) * W) * b
 
 
+MIN_SUGGESTED_TILE = 32  # smaller tiles would be dominated by per-task overhead
+
+
 def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
               workers: int = 1, start_column: int = 0, write_factor: bool = True,
-              max_tasks: int = 100_000, storage_itemsize: int | None = None) -> Plan:
-    """Choose the widest super-panel that fits ``budget`` bytes (and ``max_tasks`` per graph)."""
+              max_tasks: int = 100_000, storage_itemsize: int | None = None, store_tiles: bool = True) -> Plan:
+    """Choose the widest super-panel that fits ``budget`` bytes (and ``max_tasks`` per graph).
+
+    ``store_tiles``: the tiles are a store's (fixed), so a MemoryBudgetError advises copying the
+    store to smaller tiles; otherwise it advises ``tile_size=``.
+    """
     b = tile_size
     nt = -(-n // b)
     budget = int(budget)
@@ -174,9 +189,13 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
             smaller = b // 2
             while smaller >= 1 and _panel_memory(n, smaller, itemsize, threads, 0, 1, 1, ldl) > budget:
                 smaller //= 2
-            fix = (f"tile_size={smaller} would fit (tiles are fixed when a store is written: copy it with "
-                   f"bigspec.from_array(STORE, NEW_PATH, tile_size={smaller}), CLI `bigspec import`)"
-                   if smaller >= 1 else "no tile size fits this budget")
+            if smaller < MIN_SUGGESTED_TILE:
+                fix = f"no tile size of {MIN_SUGGESTED_TILE} or more fits this budget"
+            elif store_tiles:
+                fix = (f"tile_size={smaller} would fit (tiles are fixed when a store is written: copy it with "
+                       f"bigspec.from_array(STORE, NEW_PATH, tile_size={smaller}), CLI `bigspec import`)")
+            else:
+                fix = f"tile_size={smaller} (CLI --tile-size {smaller}) would fit"
             raise MemoryBudgetError(
                 f"memory budget {format_bytes(budget)} is too small for even one tile column of "
                 f"this {n} x {n} matrix with tile_size={b} on {threads} thread{'s' if threads > 1 else ''}: the "

@@ -109,7 +109,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                 f"store {ms.url} was formed with shuffle=False: its "
                 "diagonal blocks are not random samples and the density may be biased; form it with shuffle=True",
                 RandomOrderWarning, stacklevel=2)
-        sample_size = _sample_size(sample_size, n, n_samples)
+        sample_size = check_sample_size(sample_size, n, n_samples)
         spans = [(j * sample_size, (j + 1) * sample_size) for j in range(n_samples)]
         if m.kind == "numpy":   # in memory: slice here, so a task carries its block, not the matrix
             blocks = [m.block(r0, r1, r0, r1) for r0, r1 in spans]
@@ -128,7 +128,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         k.check_data(Xa)
         _check_finite(Xa)
         n = int(Xa.shape[0])
-        sample_size = _sample_size(sample_size, n, n_samples)
+        sample_size = check_sample_size(sample_size, n, n_samples)
         order = np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
         data = np.asarray(k.prepare(np.asarray(Xa, dtype=np.float64)))
         k_key = dask.delayed(k, pure=True)
@@ -147,7 +147,8 @@ _DECOMPRESS_OPTIONS = set(inspect.signature(free_decompress).parameters) - {"eig
                                                                             "seed", "source"}
 
 
-def _sample_size(sample_size, n, n_samples):
+def check_sample_size(sample_size, n, n_samples):
+    """The rows per sample for ``n_samples`` disjoint diagonal blocks of an n x n matrix (InvalidSpectrumError)."""
     if n == 1 and n_samples == 1 and sample_size in (None, 1):
         return 1                      # the whole 1 x 1 matrix: its spectrum is exact
     if n_samples > n // 2:
