@@ -64,6 +64,12 @@ def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
         LDL^T needs pivoting across more columns than the memory budget allows.
     MemoryBudgetError
         The budget cannot hold one tile column.
+    StoreExistsError
+        The store keeps one factorization in ``factor/``, and it was made with other settings
+        (method, shift, scale): pass ``overwrite=True`` to replace it, or ``checkpoint=False``
+        to factor without keeping it (out of core it then spills to a temporary directory).
+    TypeError, ValueError
+        An argument of the wrong kind (``overwrite="no"``, ``shift="1e-3"``, ``memory="lots"``).
 
     Warns
     -----
