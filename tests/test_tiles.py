@@ -71,7 +71,7 @@ def test_gpu_unavailable_is_an_error_not_a_fallback(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_cupy)
-    with pytest.raises(BackendUnavailableError, match=r"bigspec\[gpu\]"):
+    with pytest.raises(BackendUnavailableError, match=r"pip install \"\.\[gpu\]\""):
         get_namespace("gpu")
     import bigspec
     with pytest.raises(BackendUnavailableError):
