@@ -99,9 +99,24 @@ def info(store, as_json):
         out["store"] = {"url": ms.url, **ms.attrs, "missing_tiles": len(ms.missing_tiles())}
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
-    else:
-        for k, v in out.items():
-            click.echo(f"{k}: {v}")
+        return
+    from dask.utils import format_bytes
+
+    click.echo(f"version: {out['version']}")
+    click.echo("config: " + ", ".join(f"{k}={v}" for k, v in out["config"].items()))
+    click.echo(f"cpus: {out['cpus']}, memory: {format_bytes(out['memory'])}")
+    st = out.get("store")
+    if st:
+        state = "complete" if st.get("complete") else f"unfinished ({st['missing_tiles']} tiles missing)"
+        click.echo(f"store: {st['url']}\n  n = {st['n']}, tile_size = {st['tile_size']}, dtype = {st['dtype']}, "
+                   f"{'symmetric' if st.get('symmetric') else 'not symmetric'}, {state}, from {st.get('source')}")
+        if st.get("kernel"):
+            kernel = st["kernel"]
+            click.echo(f"  kernel: {kernel.get('name')} {kernel.get('params', {})}")
+        for name, r in (st.get("results") or {}).items():
+            value = (f"sign {r.get('sign')}, logabsdet {r.get('logabsdet')!r}" if "logabsdet" in r else
+                     f"size {r.get('size')}, trace {r.get('trace')!r}")
+            click.echo(f"  {name}: {value} ({r.get('seconds', 0):.3g} s)")
 
 
 def _config():

@@ -57,6 +57,12 @@ def test_dry_run_and_info(tmp_path, npy):
     r = CliRunner().invoke(cli, ["info", store, "--json"])
     info = json.loads(r.output)
     assert info["store"]["n"] == 300 and info["store"]["missing_tiles"] == 0
+    import bigspec
+
+    right = bigspec.logdet(store, checkpoint=True).logabsdet          # recorded in the store's attributes
+    r = CliRunner().invoke(cli, ["info", store])
+    assert r.exit_code == 0 and "n = 300, tile_size = 50" in r.output and "complete" in r.output
+    assert f"logabsdet {right!r}" in r.output and "GiB" in r.output
 
 
 def test_user_errors_exit_1_with_message(tmp_path, capsys):
