@@ -708,10 +708,12 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
         while queue:
             k0, k1 = queue.pop(0)
             c = bounds[k0][0]
-            split_k1, widest = _pivot_split(plan, k0, k1, workers) if ldl else (k1, 1)
-            group, offset, tried = 1, 0, set()
+            # a panel can only be split where its L tiles are written for the next panels to read
+            split_k1, widest = (_pivot_split(plan, k0, k1, workers) if write else
+                                (k1, _widest_group(plan, k0, k1, workers))) if ldl else (k1, 1)
+            group, offset, tried, widened = 1, 0, set(), False
             while True:
-                can_widen = ldl and group < widest
+                can_widen = ldl and not widened and group < widest
                 g = panel_graph(plan, k0, k1, source, arrays, scale, shift, device, write, group,
                                 GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"], offset)
                 tasks += len(g.dsk)
@@ -725,7 +727,7 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
                         logger.info("panel %d:%d: %s with pivoting inside %d tile(s); factoring columns %d:%d "
                                     "again with Bunch-Kaufman across %d tiles", k0, k1, _why(e), group, k0, k1,
                                     widest)
-                        group = widest
+                        group, widened = widest, True
                         continue
                     if isinstance(e, NeedsPivoting):  # pragma: no cover - the limit is inf then
                         raise
@@ -733,6 +735,8 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
                         singular_at = e.row
                         break
                     moved = _move_boundary(e.row // b, k0, k1, nt, group, offset, g.groups, tried) if ldl else None
+                    if moved == "panel" and not write:
+                        moved = None
                     if moved == "panel":
                         # the pivot needs a row of the next panel: end this one before its tile
                         k1 = e.row // b
@@ -814,6 +818,7 @@ def _move_boundary(t, k0, k1, nt, group, offset, groups, tried):
     for size in range(group, 1, -1):
         for o in sorted(range(size), key=lambda o: abs(o - (t + 1 - k0 - size // 2) % size)):
             if (size, o) not in tried and (t + 1 - k0 - o) % size != 0 and t + 1 - k0 != o:
+                tried.add((size, o))
                 return size, o
     return None
 
