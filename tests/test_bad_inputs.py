@@ -194,14 +194,19 @@ ENTRIES = {   # entry(A, tmp_path, n): n is the size of the matrix A stands for
 }
 
 
-@pytest.mark.parametrize("entry", list(ENTRIES))
-@pytest.mark.parametrize("case", list(CASES))
-def test_python_entries(case, entry, tmp_path):
+def user_input(case, tmp_path):
+    """(input, the user's folder, its fingerprint, what it stands for) for a case of the table."""
     make, _, want = CASES[case]
     user = tmp_path / "user"
     user.mkdir()
     A = make(user)
-    before = fingerprint(A, user)
+    return A, user, fingerprint(A, user), want
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_python_entries(case, entry, tmp_path):
+    A, user, before, want = user_input(case, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # well-conditioned inputs: no warning either
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
@@ -241,11 +246,7 @@ ERROR_PATH_CASES = [c for c in PATH_CASES if isinstance(CASES[c][2], tuple)]
 
 @pytest.mark.parametrize("case", ERROR_PATH_CASES)
 def test_cli_errors(case, tmp_path, capsys):
-    make, _, (_, error, message) = CASES[case]
-    user = tmp_path / "user"
-    user.mkdir()
-    path = make(user)
-    before = fingerprint(path, user)
+    path, user, before, (_, error, message) = user_input(case, tmp_path)
     with pytest.raises(error, match=message) as e:
         bigspec.logdet(path)
     for args in (["import", path, str(tmp_path / "out.zarr")], ["logdet", path, *LOCAL],
@@ -259,11 +260,7 @@ def test_cli_errors(case, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", VALUE_PATH_CASES)
 def test_cli_values(case, tmp_path, capsys):
-    make, _, K = CASES[case]
-    user = tmp_path / "user"
-    user.mkdir()
-    path = make(user)
-    before = fingerprint(path, user)
+    path, user, before, K = user_input(case, tmp_path)
     assert run_main(["import", path, str(tmp_path / "copy.zarr"), "--tile-size", "5"]) == 0
     assert np.array_equal(open_matrix(str(tmp_path / "copy.zarr")).read(0, 24, 0, 24), K)
     capsys.readouterr()
