@@ -289,7 +289,7 @@ def setup_child(spec: dict):
 
     if kind == "bigspec":
         import bigspec
-        import bigspec.logdet.exact  # noqa: F401  (heavy modules load here, not in the timing)
+        import bigspec.determinant.exact  # noqa: F401  (heavy modules load here, not in the timing)
 
         bigspec.logdet(np.eye(128) * 2.0, method=spec["method"], tile_size=32, progress=False)
         ms = bigspec.open_matrix(spec["store"])

@@ -70,7 +70,7 @@ by decompression (mean kept, spread times 1.5 sqrt(alpha)) plus 200 points out t
 1.25 * alpha * max|eig| (where outliers of a low-rank part go). bigspec uses its own grid
 (500 points by default).
 
-Metrics (computed here, independent of ``bigspec.spectrum.metrics``)
+Metrics (computed here, independent of ``bigspec.spectra.metrics``)
 ----------------------------------------------------------------
 * ``W1`` = integral over p in (0, 1) of |Q_method(p) - Q_oracle(p)| (quantile functions,
   midpoint rule on 200000 points). A method's distribution is its continuous density on its
@@ -493,7 +493,7 @@ def run_seeds(n_seeds, methods, first_seed=100):
     AlgebraicForm coeffs (freealg's best on these cases), and FreeForm (Pade (1, 1) on MP,
     (1, 0) on Wigner; not on mp-rank, where it finds no atom).
     """
-    from bigspec.spectrum.laws import MarchenkoPastur, Wigner
+    from bigspec.spectra.laws import MarchenkoPastur, Wigner
 
     specs = [("mp", MarchenkoPastur(1 / 50), [8000, 32000]), ("wigner", Wigner(1.0), [8000, 32000]),
              ("mp-rank", MarchenkoPastur(0.5), [4000]), ("mp-deficient", MarchenkoPastur(2.0), [8000])]
@@ -566,7 +566,7 @@ def seeds_table(summary, n_seeds):
 def numba_warmup():
     """Compile freealg's numba kernels once (untimed): a tiny AlgebraicForm decompression both ways."""
     import freealg
-    from bigspec.spectrum.laws import Wigner
+    from bigspec.spectra.laws import Wigner
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -591,7 +591,7 @@ def main(argv=None):
     methods = set(args.methods.split(","))
 
     import bigspec
-    from bigspec.spectrum.laws import MarchenkoPastur, Wigner
+    from bigspec.spectra.laws import MarchenkoPastur, Wigner
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "bigspec": bigspec.__version__}
     try:

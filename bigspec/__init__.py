@@ -31,19 +31,12 @@ from .errors import (
 )
 
 from .form import form  # noqa: E402  light: zarr and dask load on first call
-from .logdet import logdet, slogdet  # light: the heavy modules load on first call
-from .spectrum import free_decompress  # noqa: E402
-from .spectrum import spectrum as _spectrum_function  # noqa: E402
-from . import spectrum as _spectrum_module  # noqa: E402
+from .determinant import logdet, slogdet  # noqa: E402  light: the heavy modules load on first call
+from .spectra import DecompressionWarning, InvalidSpectrumError, free_decompress, spectrum  # noqa: E402
 
-# ``bigspec.spectrum`` is the function; its submodules stay reachable through it
-# (``bigspec.spectrum.laws``) as well as by import (``from bigspec.spectrum.laws import ...``).
-for _name in ("laws", "metrics", "free", "chebyshev", "result", "sample", "SpectrumResult", "free_decompress",
-              "DecompressionWarning", "InvalidSpectrumError"):
-    setattr(_spectrum_function, _name, getattr(_spectrum_module, _name))
-spectrum = _spectrum_function
-DecompressionWarning, InvalidSpectrumError = _spectrum_module.DecompressionWarning, _spectrum_module.InvalidSpectrumError
-del _name
+# The verbs are functions and their implementations live in packages of other names
+# (``bigspec.determinant``, ``bigspec.spectra``), so ``import bigspec.spectra.laws`` and
+# ``bigspec.spectrum(...)`` never shadow each other.
 
 __version__ = "0.1.0"
 
@@ -54,7 +47,7 @@ _lazy = {
     "connect": "bigspec.cluster",
     "LogdetResult": "bigspec.results",
     "kernels": "bigspec.kernels",
-    "SpectrumResult": "bigspec.spectrum.result",
+    "SpectrumResult": "bigspec.spectra.result",
 }
 
 __all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",

@@ -174,7 +174,7 @@ def import_(source, store, tile_size, triangle, missing_chunks, overwrite, as_js
 def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chunks, checkpoint, overwrite, dry_run,
            as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Exact log-determinant of MATRIX: a store, a .npy file or a zarr array (tiled LDL^T / Cholesky, out of core)."""
-    from .logdet import logdet as run_logdet
+    from .determinant import logdet as run_logdet
     from .matrix import as_matrix
 
     from .store import check_tile_size
@@ -222,9 +222,9 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
              missing_chunks, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Eigenvalue density of MATRIX (a store, .npy file or zarr array) by free decompression of sampled blocks."""
     from .matrix import as_matrix
-    from .spectrum import spectrum as run_spectrum
+    from .spectra import spectrum as run_spectrum
 
-    from .spectrum.sample import check_sample_size
+    from .spectra.sample import check_sample_size
 
     matrix = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks)  # errors before a cluster
     check_sample_size(sample_size, matrix.n, n_samples)

@@ -211,7 +211,7 @@ def test_python_entries(case, entry, tmp_path):
         warnings.simplefilter("error")                 # well-conditioned inputs: no warning either
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         # a free decompression of 8-24 eigenvalues may warn about its own fit; that is not the subject here
-        warnings.filterwarnings("ignore", category=bigspec.spectrum.DecompressionWarning)
+        warnings.filterwarnings("ignore", category=bigspec.spectra.DecompressionWarning)
         if isinstance(want, tuple):
             _, error, message = want
             with pytest.raises(error, match=message):
@@ -296,11 +296,11 @@ SPECTRUM_ERRORS = {
 @pytest.mark.parametrize("case", list(SPECTRUM_ERRORS))
 def test_free_decompress_errors(case):
     args, kwargs, message = SPECTRUM_ERRORS[case]
-    with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match=message):
+    with pytest.raises(bigspec.spectra.InvalidSpectrumError, match=message):
         bigspec.free_decompress(*args, **kwargs)
 
 
-@pytest.mark.filterwarnings("ignore::bigspec.spectrum.DecompressionWarning")
+@pytest.mark.filterwarnings("ignore::bigspec.spectra.DecompressionWarning")
 def test_free_decompress_unusual_but_valid():
     assert bigspec.free_decompress([3.0], size=1).atoms == [(3.0, 1.0)]             # a 1 x 1 matrix
     ints = bigspec.free_decompress(np.arange(1, 101), size=1000.0)                   # integral size, int values

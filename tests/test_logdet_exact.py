@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 import bigspec
 from bigspec.errors import (InvalidMatrixError, MemoryBudgetError, NonFiniteError, NotPositiveDefiniteError,
                             SingularMatrixWarning, StoreExistsError, TileSizeError)
-from bigspec.logdet.exact import local_threads
-from bigspec.logdet.plan import make_plan
+from bigspec.determinant.exact import local_threads
+from bigspec.determinant.plan import make_plan
 from bigspec.testing import assert_logdet_close, make_indefinite, make_spd
 
 
@@ -239,8 +239,8 @@ def test_hypothesis_against_numpy(n, b, seed, dtype, spd):
 @pytest.mark.parametrize("write", [True, False])
 def test_plan_task_count_is_the_graph_size(method, write, tmp_path):
     """--dry-run's task count is the size of the graphs that run (pivoting inside each tile)."""
-    from bigspec.logdet.exact import _Factor, panel_graph
-    from bigspec.logdet.plan import make_plan
+    from bigspec.determinant.exact import _Factor, panel_graph
+    from bigspec.determinant.plan import make_plan
 
     n, b = 230, 20
     ms = bigspec.from_array(make_spd(n, seed=2), str(tmp_path / "A.zarr"), tile_size=b)
@@ -267,5 +267,5 @@ def test_names_of_the_errors_and_warnings_are_exported():
     for name in ("UnstableFactorizationError", "GrowthWarning", "OverwriteWarning", "SingularMatrixWarning",
                  "NonFiniteError"):
         assert getattr(bigspec, name) is getattr(bigspec.errors, name)
-    assert bigspec.DecompressionWarning is bigspec.spectrum.DecompressionWarning
+    assert bigspec.DecompressionWarning is bigspec.spectra.DecompressionWarning
     assert len(bigspec.__all__) == len(set(bigspec.__all__))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import bigspec
-from bigspec.logdet import exact
-from bigspec.logdet.exact import local_threads
-from bigspec.logdet.plan import make_plan
+from bigspec.determinant import exact
+from bigspec.determinant.exact import local_threads
+from bigspec.determinant.plan import make_plan
 from bigspec.testing import assert_logdet_close, make_spd
 
 

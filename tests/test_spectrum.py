@@ -11,17 +11,17 @@ from scipy import integrate
 
 import bigspec
 from bigspec.errors import InvalidMatrixError
-from bigspec.spectrum import InvalidSpectrumError, free_decompress
-from bigspec.spectrum.chebyshev import ChebyshevDensity
-from bigspec.spectrum.laws import MarchenkoPastur, Wigner
-from bigspec.spectrum.metrics import l1, wasserstein1
-from bigspec.spectrum.sample import RandomOrderWarning
+from bigspec.spectra import InvalidSpectrumError, free_decompress
+from bigspec.spectra.chebyshev import ChebyshevDensity
+from bigspec.spectra.laws import MarchenkoPastur, Wigner
+from bigspec.spectra.metrics import l1, wasserstein1
+from bigspec.spectra.sample import RandomOrderWarning
 
 
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bigspec.spectrum.DecompressionWarning if hasattr(
+        warnings.simplefilter("ignore", bigspec.spectra.DecompressionWarning if hasattr(
             bigspec.spectrum, "DecompressionWarning") else UserWarning)
         yield
 

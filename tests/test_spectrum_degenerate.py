@@ -10,9 +10,9 @@ import pytest
 
 import bigspec
 from bigspec.kernels import get_kernel
-from bigspec.spectrum import DecompressionWarning, free_decompress
-from bigspec.spectrum.laws import MarchenkoPastur
-from bigspec.spectrum.metrics import wasserstein1
+from bigspec.spectra import DecompressionWarning, free_decompress
+from bigspec.spectra.laws import MarchenkoPastur
+from bigspec.spectra.metrics import wasserstein1
 
 Q = np.array([0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999])
 
@@ -238,13 +238,13 @@ def test_low_rank_sample_goes_heavy_tailed():
     assert r.settings["regime"] == "heavy-tailed" and "fewer than 2" in r.diagnostics["regime_reason"]
     assert r.atoms == [pytest.approx((0.0, 1 - 1 / 2000), abs=1e-12)]
     assert r.quantiles([1.0])[0] == pytest.approx(20.0) and r.mean == pytest.approx(0.01, rel=1e-12)
-    with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match="point masses only"):
+    with pytest.raises(bigspec.spectra.InvalidSpectrumError, match="point masses only"):
         free_decompress(eig, size=2000, regime="bulk")
 
 
 def test_two_point_masses_are_refused_with_the_reason():
     eig = np.r_[np.ones(250), 2.0 * np.ones(250)]   # e.g. I + P, P a projection: its growth depends on P
-    with pytest.raises(bigspec.spectrum.InvalidSpectrumError, match="point masses only.*eigenvectors"):
+    with pytest.raises(bigspec.spectra.InvalidSpectrumError, match="point masses only.*eigenvectors"):
         free_decompress(eig, size=2000)
 
 

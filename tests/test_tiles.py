@@ -5,7 +5,7 @@ import pytest
 
 from bigspec.backend import get_namespace, to_host
 from bigspec.errors import BackendUnavailableError, NotPositiveDefiniteError
-from bigspec.logdet import tiles
+from bigspec.determinant import tiles
 from bigspec.testing import make_indefinite, make_spd
 
 

@@ -31,7 +31,7 @@ from bigspec.errors import (
 )
 from bigspec.form import permutation
 from bigspec.kernels import get_kernel
-from bigspec.logdet import exact
+from bigspec.determinant import exact
 from bigspec.store import open_matrix
 from bigspec.testing import make_spd
 

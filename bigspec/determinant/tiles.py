@@ -14,7 +14,7 @@ diagonal ``L_ik = T_ik Lt^{-T} D^{-1}`` and the trailing update is
 Examples
 --------
 >>> import numpy as np
->>> from bigspec.logdet.tiles import factor_diagonal
+>>> from bigspec.determinant.tiles import factor_diagonal
 >>> f = factor_diagonal(np.array([[4.0, 2.0], [2.0, 3.0]]), "cholesky")
 >>> bool(np.isclose(f.logabsdet, np.log(8.0)))
 True

@@ -3,7 +3,7 @@
 Examples
 --------
 >>> import bigspec
->>> from bigspec.spectrum.laws import MarchenkoPastur
+>>> from bigspec.spectra.laws import MarchenkoPastur
 >>> r = bigspec.free_decompress(MarchenkoPastur(0.1).eigenvalues(800, seed=1), size=3200)
 >>> round(r.mean, 2), r.atoms
 (1.0, [])

@@ -12,7 +12,7 @@ know both sides in closed form:
 
 Examples
 --------
->>> from bigspec.spectrum.laws import MarchenkoPastur, Wigner
+>>> from bigspec.spectra.laws import MarchenkoPastur, Wigner
 >>> mp = MarchenkoPastur(1 / 50)
 >>> [round(e, 4) for e in mp.decompress(32).support]
 [0.04, 3.24]

@@ -3,7 +3,7 @@
 * :func:`spectrum` samples principal submatrices of a store, or forms them from a
   kernel and data, computes their eigenvalues on the workers, and decompresses.
 * :func:`free_decompress` takes eigenvalues you already have.
-* :mod:`bigspec.spectrum.laws` holds the analytic oracles (Marchenko-Pastur, Wigner).
+* :mod:`bigspec.spectra.laws` holds the analytic oracles (Marchenko-Pastur, Wigner).
 """
 
 from . import laws, metrics

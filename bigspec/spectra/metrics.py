@@ -3,8 +3,8 @@
 Examples
 --------
 >>> import numpy as np
->>> from bigspec.spectrum.laws import Wigner
->>> from bigspec.spectrum.metrics import wasserstein1
+>>> from bigspec.spectra.laws import Wigner
+>>> from bigspec.spectra.metrics import wasserstein1
 >>> round(wasserstein1(Wigner(1.0), Wigner(1.0).eigenvalues(2000, seed=0)), 3) < 0.02
 True
 """

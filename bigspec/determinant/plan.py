@@ -6,7 +6,7 @@ The memory budget fixes the super-panel width W (a multiple of the tile size): t
 
 Examples
 --------
->>> from bigspec.logdet.plan import make_plan
+>>> from bigspec.determinant.plan import make_plan
 >>> p = make_plan(n=10_000, tile_size=1000, itemsize=8, method="cholesky",
 ...               budget=300e6, threads=2)
 >>> p.panel_tiles, p.n_panels

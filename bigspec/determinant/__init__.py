@@ -40,7 +40,7 @@ def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
     device : {"cpu", "gpu"}
         ``"gpu"`` runs the same graph on cupy tiles.
     dry_run : bool
-        Return the :class:`~bigspec.logdet.plan.Plan` (tasks, flops, bytes, peak memory)
+        Return the :class:`~bigspec.determinant.plan.Plan` (tasks, flops, bytes, peak memory)
         without computing.
     triangle : {None, "lower", "upper"}, default None
         For array inputs: None checks that both triangles agree; ``"upper"`` / ``"lower"``

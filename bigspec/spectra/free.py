@@ -4,7 +4,7 @@ Steps (Ameli et al. 2025, arXiv:2506.11994), each with a closed form where one e
 
 1. an atom of the sample (exact zeros of a rank-deficient matrix) is split off;
 2. the continuous part is a damped Chebyshev-U series on its support
-   (:mod:`bigspec.spectrum.chebyshev`), so its Stieltjes transform m_I and its Hilbert
+   (:mod:`bigspec.spectra.chebyshev`), so its Stieltjes transform m_I and its Hilbert
    transform are exact;
 3. the glue G = m_I + m_II, analytic across the support, is fitted on the support by
    ``c [+ D z] [+ r / (z - a)]`` with a real pole outside it (variable projection; the
@@ -408,7 +408,7 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
     Examples
     --------
     >>> import bigspec
-    >>> from bigspec.spectrum.laws import Wigner
+    >>> from bigspec.spectra.laws import Wigner
     >>> eig = Wigner(1.0).eigenvalues(1000, seed=0)
     >>> r = bigspec.free_decompress(eig, size=8000)
     >>> round(r.variance / 8, 1), round(r.support[1] / (2 * 8 ** 0.5), 1)   # semicircle, radius 2 sqrt(8)

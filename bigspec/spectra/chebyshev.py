@@ -12,7 +12,7 @@ the kernel polynomial method with Jackson damping. Because
 Examples
 --------
 >>> import numpy as np
->>> from bigspec.spectrum.chebyshev import ChebyshevDensity
+>>> from bigspec.spectra.chebyshev import ChebyshevDensity
 >>> rho = ChebyshevDensity(-2.0, 2.0, np.array([2 / np.pi]))   # the semicircle of radius 2
 >>> round(float(rho.density(np.array([0.0]))[0]), 6), round(1 / np.pi, 6)
 (0.31831, 0.31831)
