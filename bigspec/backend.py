@@ -57,29 +57,35 @@ def namespace_of(x):
     return np
 
 
-_MALLOC_TUNED = False
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
-def return_freed_tiles_to_os(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve allocations of ``threshold`` bytes or more with mmap (once per process).
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``); False off glibc.
 
-    Measured: glibc's adaptive threshold grows to 32 MiB, so freed tiles stayed on the heap and
-    a budgeted factorization's RSS reached 1.5x its working set; with this it stays within
-    the plan. Returns whether the setting is in effect (False off glibc).
+    Freed tiles otherwise stay on glibc's heaps (its mmap threshold adapts up to 32 MiB), and a
+    budgeted factorization's RSS reached 1.5x its working set. Unlike ``mallopt``, which would
+    change how the user's whole process allocates for the rest of its life, a trim changes
+    nothing after it returns.
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
     try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_MMAP_THRESHOLD = -3
-        _MALLOC_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+        return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
-        _MALLOC_TUNED = False
-    return _MALLOC_TUNED
+        return False
+
+
+def release_freed_memory(client=None) -> None:
+    """After a super-panel out of core: trim this process's heap and (with a client) the workers'."""
+    trim_heap()
+    if client is not None:
+        try:
+            client.run(trim_heap)
+        except Exception:  # pragma: no cover - a worker that cannot trim still computes
+            pass
 
 
 def to_device(x: np.ndarray, device: str):

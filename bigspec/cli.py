@@ -22,9 +22,9 @@ import tempfile
 import click
 
 from . import __version__
-from .errors import BigspecError, ClusterError
+from .errors import BigspecError, ClusterError, Interrupted
 
-EXIT_USER, EXIT_USAGE, EXIT_CLUSTER = 1, 2, 3
+EXIT_USER, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _emit(obj, as_json: bool) -> None:
@@ -52,24 +52,56 @@ def cluster_options(f):
 
 @contextlib.contextmanager
 def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
+    """The command's cluster: started (or joined) before the work, closed after it, whatever happens.
+
+    Only starting or reaching the cluster can raise ClusterError here (exit 3); errors of the
+    work itself keep their own kind (a user error exits 1 under --scheduler too). While the
+    command runs, distributed logs warnings and errors only (``-v`` shows its info lines).
+    """
+    import distributed  # noqa: F401  (configures its loggers on import: set their level after that)
+
     from .cluster import connect
 
-    try:
-        cm = connect(scheduler, scheduler_file, workers=workers, threads=threads,
-                     memory_limit=memory_limit, gpu=gpu)
-        client = cm.__enter__()
-    except BigspecError:
-        raise
-    except Exception as e:
-        raise ClusterError(f"could not start or reach the Dask cluster: {e}") from e
-    try:
-        click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        yield client
-    except BaseException:
-        if not cm.__exit__(*sys.exc_info()):
+    with _distributed_log_level(logging.INFO if _verbosity() else logging.WARNING):
+        try:
+            client = connect(scheduler, scheduler_file, workers=workers, threads=threads,
+                             memory_limit=memory_limit, gpu=gpu)
+        except (BigspecError, ValueError, TypeError):
             raise
-    else:
-        cm.__exit__(None, None, None)
+        except Exception as e:
+            raise ClusterError(f"could not start or reach the Dask cluster: {e}") from e
+        owned = not (scheduler or scheduler_file)
+        try:
+            click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+            yield client
+        except BaseException:
+            # an error or an interrupt: close without the shutdown chatter of the cluster we started
+            with _distributed_log_level(logging.CRITICAL), contextlib.suppress(Exception):
+                if owned:
+                    client.run(_quiet_worker, nanny=False)
+                client.close()
+            raise
+        client.close()
+
+
+def _quiet_worker():
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _verbosity() -> int:
+    ctx = click.get_current_context(silent=True)
+    return int(ctx.find_root().params.get("verbose") or 0) if ctx is not None else 0
+
+
+@contextlib.contextmanager
+def _distributed_log_level(level):
+    log = logging.getLogger("distributed")
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 @click.group(name="bigspec", context_settings={"help_option_names": ["-h", "--help"]})
@@ -359,6 +391,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {message}", err=True)
 
 
+def _interrupted(e) -> None:
+    """Ctrl-C: one line (what was finished, how to resume), exit 130."""
+    said = str(e) if isinstance(e, Interrupted) and str(e) else "nothing was finished"
+    click.echo(f"interrupted: {said}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main(argv=None) -> None:
     """Console entry point with bigspec's exit codes; warnings print as one ``warning:`` line each."""
     import warnings
@@ -366,16 +405,17 @@ def main(argv=None) -> None:
     show, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         rv = cli.main(args=argv, prog_name="bigspec", standalone_mode=False)
+    except KeyboardInterrupt as e:       # raised outside click's own handling
+        _interrupted(e)
     except click.exceptions.UsageError as e:
         e.show()
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(EXIT_USER)
+    except click.exceptions.Abort as e:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+        _interrupted(e.__cause__)
     except ClusterError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_CLUSTER)
-    except (BigspecError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (BigspecError, ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_USER)
     except click.exceptions.ClickException as e:

@@ -1,9 +1,12 @@
 """Find or start the Dask cluster bigspec runs on.
 
-The Python API uses the current ``distributed.Client`` if there is one, else Dask's
-threaded scheduler; it never starts a cluster behind the user's back. :func:`connect`
-(a context manager, used by the CLI) starts a ``LocalCluster`` sized to the machine, joins
-a scheduler address or scheduler file, or starts GPU workers with dask-cuda.
+The Python API runs on the client it is given (``client=``), else the current
+``distributed.Client`` if there is one, else Dask's threaded scheduler; it never starts a
+cluster behind the user's back. :func:`resolve_client` makes that choice once, at each verb's
+public entry. :func:`connect` returns a ``distributed.Client``: to a new ``LocalCluster`` sized
+to the machine, to a scheduler address or scheduler file, or to new GPU workers (dask-cuda).
+Like ``distributed.Client`` it works as a plain call (``client = bigspec.connect()``, then
+``client.close()``) and as a context manager; closing it closes the cluster it started.
 
 Examples
 --------
@@ -11,13 +14,21 @@ Examples
 >>> with bigspec.connect(workers=1, threads=1, processes=False) as client:
 ...     len(client.nthreads())
 1
+>>> client = bigspec.connect(workers=1, threads=1, processes=False)
+>>> bigspec.cluster.resolve_client(client) is client
+True
+>>> client.close()
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import os
+import signal
+import threading
 
 from .errors import BackendUnavailableError, ClusterError
 
@@ -31,9 +42,34 @@ def current_client():
     except ImportError:  # pragma: no cover
         return None
     try:
-        return get_client()
+        client = get_client()
     except ValueError:
         return None
+    return client if client.status == "running" else None
+
+
+def resolve_client(client=None):
+    """The client a verb runs on: ``client`` (checked), else the current client, else None.
+
+    None means Dask's threaded scheduler in this process.
+
+    Raises
+    ------
+    TypeError
+        ``client`` is not a ``distributed.Client``.
+    ClusterError
+        ``client`` is closed.
+    """
+    if client is None:
+        return current_client()
+    from distributed import Client
+
+    if not isinstance(client, Client):
+        raise TypeError(f"client must be a distributed.Client (bigspec.connect() returns one), got "
+                        f"{type(client).__name__}")
+    if client.status not in ("running", "connecting"):
+        raise ClusterError(f"the Dask client {client} is {client.status}; connect again (bigspec.connect())")
+    return client
 
 
 def resources(client=None) -> tuple[int, int, int | None]:
@@ -43,7 +79,8 @@ def resources(client=None) -> tuple[int, int, int | None]:
     info = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
         client.scheduler_info()["workers"]
     if not info:
-        raise ClusterError("the Dask cluster has no workers; start some (dask worker ADDRESS)")
+        raise ClusterError(f"the Dask cluster at {client.scheduler.address} has no workers; start some "
+                           f"(dask worker {client.scheduler.address})")
     threads = sum(w["nthreads"] for w in info.values())
     limits = [w.get("memory_limit") or 0 for w in info.values()]
     memory = sum(limits) if all(limits) else None
@@ -56,39 +93,211 @@ def _takes_n_workers(client) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
+def is_local(client) -> bool:
+    """Whether the scheduler runs on this machine (in-process or on loopback)."""
+    addr = str(getattr(client.scheduler, "address", ""))
+    return addr.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tls://127.", "tls://localhost",
+                            "tcp://[::1]", "tls://[::1]", "ucx://127."))
+
+
+def require_visible(client, path: str | None, what: str, fix: str) -> None:
+    """Check that every worker of ``client`` sees the local directory ``path`` (workers read and write there).
+
+    A worker on another machine that does not mount ``path`` would read a store's unwritten
+    tiles as NaN, or write tiles into a directory of its own that the client never sees.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Naming the workers that do not see ``path``, and ``fix``.
+    """
+    if client is None or path is None:
+        return
+    try:
+        seen = client.run(os.path.isdir, path)
+    except Exception as e:  # a worker that cannot run it: say so, do not guess
+        logger.info("could not check that the workers see %s: %s", path, e)
+        return
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        from .errors import StoreNotFoundError
+
+        shown = ", ".join(blind[:4]) + (f" and {len(blind) - 4} more" if len(blind) > 4 else "")
+        raise StoreNotFoundError(
+            f"{what} is at {path}, a local path of this machine that {len(blind)} of {len(seen)} Dask workers "
+            f"({shown}) do not see: {fix}", path=path, workers=blind)
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a scheduler, and for a cluster without workers (``distributed.comm.timeouts.connect``)."""
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
+
+
+def _scheduler_address(scheduler_file: str) -> str:
+    try:
+        with open(scheduler_file) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ClusterError(f"no scheduler file at {scheduler_file}: start a scheduler with "
+                           f"`dask scheduler --scheduler-file {scheduler_file}` or give its address "
+                           f"(--scheduler tcp://HOST:8786)") from None
+    except OSError as e:
+        raise ClusterError(f"cannot read the scheduler file {scheduler_file}: {e.strerror}") from None
+    try:
+        address = json.loads(text)["address"]
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(f"{scheduler_file} is not a Dask scheduler file (JSON with an \"address\"): it is "
+                           f"written by `dask scheduler --scheduler-file {scheduler_file}`") from None
+    return str(address)
+
+
+async def _probe(address: str, timeout: float, security) -> dict:
+    from distributed.comm import connect as comm_connect
+
+    args = security.get_connection_args("client") if security is not None else {}
+    comm = await comm_connect(address, timeout=timeout, **args)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
+def probe_scheduler(address: str, timeout: float | None = None, security=None) -> dict:
+    """The identity of the scheduler at ``address``, or a :class:`ClusterError` within ``timeout`` seconds.
+
+    ``distributed.Client`` waits without end on an address that accepts connections but never
+    answers (a wrong port, a process that is not a scheduler); this bounds every step.
+    """
+    timeout = connect_timeout() if timeout is None else float(timeout)
+
+    async def bounded():
+        return await asyncio.wait_for(_probe(address, timeout, security), timeout)
+
+    try:
+        identity = _run_coroutine(bounded())
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ClusterError(f"the Dask scheduler at {address} did not answer within {timeout:g} s "
+                           f"(distributed.comm.timeouts.connect); check the address and that "
+                           f"`dask scheduler` runs there") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        kind = identity.get("type") if isinstance(identity, dict) else None
+        raise ClusterError(f"{address} is not a Dask scheduler" + (f" (it is a {kind})" if kind else "")
+                           + "; give the scheduler's address (tcp://HOST:8786)")
+    return identity
+
+
+def _run_coroutine(coro):
+    """Run ``coro`` to completion on a fresh event loop (in a thread when one already runs here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    out = {}
+
+    def target():
+        try:
+            out["value"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: B036 - re-raised in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
 @contextlib.contextmanager
+def _workers_ignore_interrupts():
+    """Start worker processes with SIGINT ignored, so Ctrl-C reaches only this process.
+
+    The terminal sends SIGINT to every process of its foreground group, worker processes
+    included, each of which would print its own traceback; this process handles the interrupt
+    and closes the cluster. Python keeps an inherited SIG_IGN at start-up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _new_client(cluster):
+    from distributed import Client
+
+    class ClusterClient(Client):
+        """A ``distributed.Client`` that closes the cluster bigspec started for it."""
+
+        def close(self, *args, **kwargs):
+            try:
+                return super().close(*args, **kwargs)
+            finally:
+                cluster.close()
+
+    return ClusterClient(cluster)
+
+
 def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
             workers: int | None = None, threads: int | None = None,
             memory_limit: str | None = "auto", gpu: bool = False, processes: bool = True,
-            dashboard: bool = True):
-    """Yield a ``distributed.Client``: to ``scheduler``/``scheduler_file``, or a new local cluster.
+            dashboard: bool = True, security=None):
+    """A ``distributed.Client``: to ``scheduler``/``scheduler_file``, or to a new local cluster.
 
     Parameters
     ----------
     scheduler, scheduler_file : str, optional
-        Join an existing cluster instead of starting one.
+        Join an existing cluster (``tcp://host:8786``, or the JSON file written by
+        ``dask scheduler --scheduler-file``) instead of starting one.
     workers, threads, memory_limit :
         Size of a new ``LocalCluster`` (default: one process per core, one thread each,
         memory split evenly).
     gpu : bool
         Start a ``dask_cuda.LocalCUDACluster`` (one worker per GPU).
+    processes : bool
+        Workers in separate processes (default) or threads of this one.
+    dashboard : bool
+        Serve the dashboard of a new cluster on a free port.
+    security : distributed.Security, optional
+        TLS settings for a ``tls://`` scheduler.
+
+    Returns
+    -------
+    distributed.Client
+        Use it as ``with bigspec.connect() as client:`` or ``client = bigspec.connect()``
+        then ``client.close()``; closing it closes a cluster that ``connect`` started.
+
+    Raises
+    ------
+    ClusterError
+        A missing or unreadable scheduler file, or a scheduler that does not answer within
+        ``distributed.comm.timeouts.connect``; never a silent wait.
+    BackendUnavailableError
+        ``gpu=True`` without dask-cuda and cupy.
     """
     from distributed import Client, LocalCluster
 
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-
-    try:
-        if scheduler or scheduler_file:
-            import dask.config
-
-            timeout = dask.config.get("distributed.comm.timeouts.connect")
-            with Client(address=scheduler, scheduler_file=scheduler_file, timeout=timeout) as client:
-                logger.info("connected to %s (dashboard %s)", client.scheduler.address, client.dashboard_link)
-                yield client
-            return
-    except OSError as e:
-        raise ClusterError(f"cannot reach the Dask scheduler {scheduler or scheduler_file}: {e}") from e
+    if scheduler and scheduler_file:
+        raise ValueError("give scheduler= or scheduler_file=, not both")
+    if scheduler or scheduler_file:
+        address = scheduler or _scheduler_address(scheduler_file)
+        timeout = connect_timeout()
+        probe_scheduler(address, timeout, security)
+        try:
+            client = Client(address=address, timeout=timeout, security=security)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+        logger.info("connected to %s (dashboard %s)", address, client.dashboard_link)
+        return client
     if gpu:
         try:
             from dask_cuda import LocalCUDACluster
@@ -96,14 +305,24 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
             raise BackendUnavailableError(
                 "--gpu needs dask-cuda and cupy: pip install \".[gpu]\" in the bigspec checkout (cupy-cuda12x, dask-cuda)"
             ) from e
-        cluster_cm = LocalCUDACluster(threads_per_worker=threads or 1, memory_limit=memory_limit)
-    else:
-        cores = os.cpu_count() or 1
-        n_workers = workers or (cores if processes else 1)
-        n_threads = threads or max(1, cores // n_workers)
-        cluster_cm = LocalCluster(
+        with _workers_ignore_interrupts():
+            cluster = LocalCUDACluster(threads_per_worker=threads or 1, memory_limit=memory_limit)
+        return _new_client(cluster)
+    cores = os.cpu_count() or 1
+    n_workers = workers or (cores if processes else 1)
+    n_threads = threads or max(1, cores // n_workers)
+    with _workers_ignore_interrupts():
+        # LocalCluster quiets the "distributed" logger while it runs and restores it when closed
+        cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=n_threads, processes=processes,
             memory_limit=memory_limit, dashboard_address=":0" if dashboard else None,
         )
-    with cluster_cm as cluster, Client(cluster) as client:
-        yield client
+    try:
+        return _new_client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+__all__ = ["connect", "current_client", "resolve_client", "resources", "probe_scheduler", "is_local",
+           "require_visible", "connect_timeout"]

@@ -92,3 +92,20 @@ class OverwriteWarning(UserWarning):
 
 class KernelError(BigspecError, ValueError):
     """Unknown kernel, unknown or invalid kernel parameter, or data the kernel cannot take."""
+
+
+class WorkerLostWarning(UserWarning):
+    """A Dask worker left the cluster during a run; Dask re-runs its tasks on the others."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was interrupted (Ctrl-C); the message says what was finished and kept, and how to resume.
+
+    A subclass of :class:`KeyboardInterrupt`, so ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, message: str = "", **info):
+        super().__init__(message)
+        self.info = info
+        for key, value in info.items():
+            setattr(self, key, value)

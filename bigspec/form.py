@@ -96,14 +96,43 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
         Where to write. An unfinished store of the same kernel and data is resumed.
     tile_size : int, optional
         Tile edge in matrix rows (a multiple of ``n_outputs`` for non-Kronecker kernels).
+        Default: ``bigspec.tile-size`` (1024), smaller where the exact factorization could not
+        hold one tile column within its memory budget (``bigspec.memory``, "auto": half of the
+        workers' or this machine's free memory), so the store can always be factored out of core.
+    dtype : {"float64", "float32"}
+        Storage dtype (the factorization computes in float64 either way).
     seed, shuffle :
-        The data are permuted with ``SeedSequence(seed)`` unless ``shuffle=False``.
+        The data are permuted with ``SeedSequence(seed)`` unless ``shuffle=False``. ``seed`` is
+        the permutation's only: a kernel's own randomness has its own parameter
+        (``draw_seed`` of the attention kernel).
+    client : distributed.Client, optional
+        Default: the current client, else Dask's threaded scheduler.
     overwrite : bool
-        Replace an existing store.
+        Replace an existing store (an unfinished one of the same kernel and data is resumed
+        without it).
+    device : {"cpu", "gpu"}
+        ``"gpu"`` forms the tiles with cupy.
+    progress : bool, optional
+        Progress bar (default: on a terminal).
+    storage_options : dict, optional
+        fsspec options for a URL ``store``.
+    **kernel_params
+        Parameters of a kernel given by name (``nu=1.5``, ``depth=3``...).
 
     Returns
     -------
     MatrixStore
+
+    Raises
+    ------
+    KernelError
+        Unknown kernel or parameter, or data the kernel cannot take.
+    StoreExistsError
+        ``store`` holds another matrix (or other data) and ``overwrite`` was not given.
+    TileSizeError
+        ``tile_size`` is not a positive multiple of the rows per data point.
+    Interrupted
+        Ctrl-C: the tiles already written are kept; forming again resumes.
 
     Examples
     --------
@@ -114,13 +143,16 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     >>> K.n, K.attrs["kernel"]["name"]
     (50, 'matern')
     """
-    from .cluster import current_client, resources
-    from .progress import Progress, run_graph, want_progress
+    from .cluster import require_visible, resolve_client, resources
+    from .progress import want_progress
+    from .runner import Runner
     from .store import check_dtype, check_tile_size
-
-    from .validate import check_flag
+    from .validate import check_flag, check_seed
 
     overwrite, shuffle = check_flag(overwrite, "overwrite"), check_flag(shuffle, "shuffle")
+    seed = check_seed(seed)
+    want_progress(progress)
+    client = resolve_client(client)
     k = get_kernel(kernel, **kernel_params)
     check_device(device)
     dtype = check_dtype(dtype)
@@ -128,16 +160,22 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     X = _load_data(X)
     if X.ndim < 2 or X.shape[0] < 1:
         raise KernelError(f"X must have shape (n_samples, ...) with n_samples >= 1, got {X.shape}")
-    k.check_data(X)
+    k = bind_kernel(k, X)
     _check_finite(X)
     n_samples = int(X.shape[0])
     per = k.rows_per_sample()
     N = n_samples * per
-    b = check_tile_size(config.get("tile-size") if tile_size is None else tile_size)
-    b = min(b, N)
+    n_workers, threads, workers_memory = resources(client)
+    if tile_size is None:
+        from .determinant.plan import fit_tile_size, memory_budget
+
+        b = fit_tile_size(N, memory_budget(None, client, workers_memory), threads, multiple=per)
+    else:
+        b = min(check_tile_size(tile_size), N)
     if b % per:
         raise TileSizeError(f"tile_size={b} must be a multiple of {per} (matrix rows per data point) so a sample's "
-                            f"{per}x{per} block is never split across tiles; try {max(per, b - b % per)}")
+                            f"{per}x{per} block is never split across tiles; try {max(per, b - b % per)}",
+                            tile_size=b)
     perm = permutation(n_samples, seed, shuffle)
     data = np.ascontiguousarray(k.prepare(np.asarray(X[perm], dtype=np.float64)))
     digest = hashlib.sha1(data.tobytes()).hexdigest()
@@ -146,16 +184,26 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
 
     ms = _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per,
                          inputs=[X_origin])
+    tiles = sum(1 for _ in ms.stored_tiles())
     todo = sorted(set(ms.stored_tiles()) - ms.written_tiles())
-    if client is None:
-        client = current_client()
-    _, threads, _ = resources(client)
+    before = tiles - len(todo)
     spt = b // per
     bounds = [(i * spt, min((i + 1) * spt, n_samples)) for i in range(ms.n_tiles)]
     max_tasks = int(config.get("max-graph-tasks", 100_000))
     tok = uuid.uuid4().hex[:8]
     kernel_key = f"bigspec-kernel-{tok}"  # one copy of the kernel (and a model's weights) per worker
-    with Progress(len(todo), label=f"bigspec form {k.name}", enabled=want_progress(progress)) as bar:
+
+    def interrupted():
+        done = len(ms.written_tiles())
+        return (f"formed {done} of {tiles} tiles of {ms.url}; run the same command again to form the other "
+                f"{tiles - done} (the tiles written are kept)")
+
+    note = f"resumed: {before} of {tiles} tiles were formed before" if before else None
+    with Runner(client, progress=progress, label=f"bigspec form {k.name}", unit="tiles", total=len(todo),
+                note=note, threads=threads, interrupted=interrupted) as runner:
+        if ms.local_path is not None:
+            require_visible(client, ms.local_path, f"the store {ms.url}",
+                            "form it on storage every worker mounts at the same path, or at a URL (s3://...)")
         for start in range(0, len(todo), max_tasks):
             batch = todo[start:start + max_tasks]
             dsk = {(f"bigspec-form-{tok}", i, j): (form_tile, kernel_key, ms.group["data"], ms.matrix, i, j,
@@ -163,9 +211,20 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
                    for i, j in batch}
             keys = list(dsk)
             dsk[kernel_key] = k
-            run_graph(dsk, keys, client, threads, bar)
+            runner.run(dsk, keys, ticks=keys)
     ms.update_attrs(complete=True, formed_tiles=len(todo))
     return ms
+
+
+def bind_kernel(kernel, X):
+    """The kernel configured for data ``X`` (validated), leaving the caller's kernel unchanged."""
+    if hasattr(kernel, "bind"):
+        return kernel.bind(X)
+    import copy
+
+    kernel = copy.deepcopy(kernel)
+    kernel.check_data(X)
+    return kernel
 
 
 def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per, inputs=()):

@@ -230,7 +230,7 @@ def _shape(A, kind, label):
 
 
 def as_matrix(A, *, triangle=None, missing_chunks="error", storage_options=None, symmetric=True,
-              mode="r", label="the matrix") -> Matrix:
+              mode="r", label="the matrix", client=None) -> Matrix:
     """Validate the matrix argument of a verb; see the module docstring for what is checked.
 
     Parameters
@@ -249,6 +249,8 @@ def as_matrix(A, *, triangle=None, missing_chunks="error", storage_options=None,
         Check symmetry (False only for a non-symmetric store written on purpose).
     mode : {"r", "r+"}
         How a store given by path is opened.
+    client : distributed.Client, optional
+        Where a dask array is scanned (default: Dask's threaded scheduler).
 
     Returns
     -------
@@ -287,7 +289,7 @@ def as_matrix(A, *, triangle=None, missing_chunks="error", storage_options=None,
     dtype = check_dtype(A.dtype)
     if kind == "zarr" and missing_chunks == "error":
         _check_chunks_written(A, triangle, symmetric)
-    stats = _scan(A, kind, triangle, symmetric, label)
+    stats = _scan(A, kind, triangle, symmetric, label, client)
     if symmetric and triangle is None:
         _check_symmetric(stats, dtype, label)
     if triangle is None or not symmetric:
@@ -388,7 +390,7 @@ def _pair_stats(lo, up_raw, i0, j0, triangle, symmetric):
     return out
 
 
-def _scan(A, kind, triangle, symmetric, label):
+def _scan(A, kind, triangle, symmetric, label, client=None):
     """One pass over the needed entries: finiteness, max|A|, the largest asymmetry and where it is."""
     n = A.shape[0]
     b = int(A.chunks[0]) * max(1, SCAN_BLOCK // int(A.chunks[0])) if kind == "zarr" else SCAN_BLOCK
@@ -409,7 +411,9 @@ def _scan(A, kind, triangle, symmetric, label):
             lo, up = needs(i0, j0)
             tasks.append(stats_of(blocks[i0 // b, j0 // b] if lo else None,
                                   blocks[j0 // b, i0 // b] if up else None, i0, j0, triangle, symmetric))
-        results = dask.compute(*tasks)
+        from .runner import Runner
+
+        results = Runner(client, progress=False).compute(tasks)
     else:
         results = []
         for i0, j0 in pairs:

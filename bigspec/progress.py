@@ -1,46 +1,49 @@
-"""One progress bar for bigspec's graphs, with the threaded scheduler or a distributed client.
+"""One progress bar for bigspec's verbs, with the threaded scheduler or a distributed client.
 
-The bar counts finished tasks against a total known before the first graph runs, so a
-computation submitted in several graphs (super-panels) shows a single bar.
+The bar counts the verb's own units (tiles formed, tiles factored, samples) against a total
+known before the first graph runs, so a computation submitted in several graphs
+(super-panels) shows a single bar; :class:`bigspec.runner.Runner` drives it.
 
 Examples
 --------
 >>> from bigspec.progress import Progress
->>> with Progress(total=2, enabled=False) as bar:
+>>> with Progress(total=2, unit="tiles", enabled=False) as bar:
 ...     bar.advance(2)
->>> bar.done
-2
+>>> bar.done, bar.text(now=0.0)
+(2, 'bigspec: [##############################] 100.0% 2/2 tiles    0.0s')
 """
 
 from __future__ import annotations
 
 import logging
-
-import contextlib
 import sys
 import threading
 import time
-
-from threadpoolctl import threadpool_limits
 
 from . import config
 
 
 def want_progress(progress: bool | None) -> bool:
     """``progress=None`` means: on when stderr is a terminal and the config allows it."""
+    from .validate import check_flag
+
+    progress = check_flag(progress, "progress", allow_none=True)
     if progress is None:
         return bool(config.get("progress", True)) and sys.stderr.isatty()
-    return bool(progress)
+    return progress
 
 
 class Progress:
-    """A thread-safe text progress bar on stderr."""
+    """A thread-safe text progress bar on stderr: ``label: [###   ] 40.0% 54/136 tiles  3.2s (note)``."""
 
-    def __init__(self, total: int, label: str = "bigspec", enabled: bool = True, width: int = 30):
+    def __init__(self, total: int, label: str = "bigspec", enabled: bool = True, width: int = 30,
+                 unit: str = "tasks", note: str | None = None):
         self.total = max(int(total), 1)
         self.label = label
         self.enabled = enabled
         self.width = width
+        self.unit = unit
+        self.note = note
         self.done = 0
         self._lock = threading.Lock()
         self._start = time.perf_counter()
@@ -61,6 +64,20 @@ class Progress:
             self.done += k
             self._draw()
 
+    def set(self, done: int) -> None:
+        """Set the count (a graph run again after a pivoting retry counts its tiles once)."""
+        with self._lock:
+            self.done = int(done)
+            self._draw()
+
+    def text(self, now: float | None = None) -> str:
+        elapsed = (time.perf_counter() if now is None else now + self._start) - self._start
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width)
+        note = f" ({self.note})" if self.note else ""
+        return (f"{self.label}: [{bar:<{self.width}}] {100 * frac:5.1f}% {self.done}/{self.total} {self.unit} "
+                f"{elapsed:6.1f}s{note}")
+
     def _draw(self, force: bool = False) -> None:
         if not self.enabled:
             return
@@ -68,12 +85,7 @@ class Progress:
         if not force and now - self._last < 0.2:
             return
         self._last = now
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(frac * self.width)
-        sys.stderr.write(
-            f"\r{self.label}: [{bar:<{self.width}}] {100 * frac:5.1f}% "
-            f"{self.done}/{self.total} tiles {now - self._start:6.1f}s"
-        )
+        sys.stderr.write("\r" + self.text())
         sys.stderr.flush()
 
 
@@ -96,7 +108,8 @@ def quiet_worker_logs():
         log.addFilter(_ExpectedFailureFilter())
 
 
-def _quiet_expected_failures(client):
+def quiet_expected_failures(client):
+    """Install :func:`quiet_worker_logs` on the client's workers (once per client)."""
     if getattr(client, "_bigspec_quiet", False):
         return
     try:
@@ -104,43 +117,3 @@ def _quiet_expected_failures(client):
     except Exception:  # pragma: no cover - a worker that cannot run it still computes
         pass
     client._bigspec_quiet = True
-
-
-def run_graph(dsk: dict, keys: list, client=None, threads: int = 1, bar: Progress | None = None,
-              blas_threads: int | None = None):
-    """Compute ``keys`` of the task graph ``dsk``; return their values in order.
-
-    With a distributed ``client`` the graph is submitted to the cluster; otherwise it runs
-    on Dask's threaded scheduler with ``threads`` task threads, each BLAS call using
-    ``blas_threads`` threads (default: ``bigspec.blas-threads``, else the library's own).
-    """
-    if client is not None:
-        from distributed import as_completed
-
-        _quiet_expected_failures(client)
-        futures = client.get(dsk, keys, sync=False)
-        if bar is not None:
-            for _ in as_completed(futures):
-                bar.advance(1)
-        return client.gather(futures)
-    import dask.threaded
-    from dask.callbacks import Callback
-
-    callbacks = []
-    if bar is not None:
-        keyset = set(keys)
-
-        class _Tick(Callback):
-            def _posttask(self, key, result, dsk, state, worker_id):
-                if key in keyset:
-                    bar.advance(1)
-
-        callbacks.append(_Tick())
-    # Measured on 2 cores: threaded BLAS inside each task beats one BLAS thread per task by
-    # 1.6-2x (the cores share FMA units), so BLAS threads are left as configured.
-    blas = config.get("blas-threads", None) or blas_threads
-    with threadpool_limits(blas, user_api="blas") if blas else contextlib.nullcontext():
-        if callbacks:
-            with callbacks[0]:
-                return dask.threaded.get(dsk, keys, num_workers=threads)
-        return dask.threaded.get(dsk, keys, num_workers=threads)

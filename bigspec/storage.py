@@ -151,6 +151,17 @@ def describe(group: zarr.Group) -> str:
     return protocol + path if protocol and not path.startswith(protocol) else path
 
 
+def local_path(group: zarr.Group) -> str | None:
+    """The local directory of a zarr group on a local file system, else None (a URL or memory)."""
+    from zarr.storage import LocalStore
+
+    store = group.store
+    if not isinstance(store, LocalStore):
+        return None
+    root = str(store.root)
+    return os.path.join(root, group.path) if group.path else root
+
+
 # -- what a target holds ------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import zarr
 from . import config
 from .errors import IncompleteStoreError, NonFiniteError, StoreNotFoundError, TileSizeError
 from .matrix import check_dtype  # noqa: F401  (re-exported: the storage dtype of a matrix)
-from .storage import ATTRS_KEY, describe, has_consolidated, initialized_chunks, is_store, open_group, \
+from .storage import ATTRS_KEY, describe, has_consolidated, initialized_chunks, is_store, local_path, open_group, \
     refresh_consolidated
 
 SCHEMA_VERSION = 1
@@ -154,6 +154,11 @@ class MatrixStore:
     def url(self) -> str:
         return describe(self.group)
 
+    @property
+    def local_path(self) -> str | None:
+        """The store's directory when it is on a local file system (None for URLs and memory)."""
+        return local_path(self.group)
+
     def __repr__(self) -> str:
         return (
             f"MatrixStore({self.url!r}, n={self.n}, tile_size={self.tile_size}, "
@@ -270,6 +275,8 @@ def from_array(
     overwrite: bool = False,
     storage_options: dict | None = None,
     attrs: dict | None = None,
+    client=None,
+    progress: bool | None = None,
 ) -> MatrixStore:
     """Write a numpy, dask or zarr array (or a .npy file, or another store) into a new matrix store.
 
@@ -300,6 +307,13 @@ def from_array(
         that is or holds the input itself is always refused.
     storage_options : dict, optional
         fsspec options for URLs.
+    attrs : dict, optional
+        JSON-safe provenance recorded in the store's ``bigspec`` attributes.
+    client : distributed.Client, optional
+        Where a dask array's tiles are computed and written. Default: the current client,
+        else Dask's threaded scheduler.
+    progress : bool, optional
+        Show a progress bar (default: on a terminal).
 
     Returns
     -------
@@ -311,6 +325,10 @@ def from_array(
         ``A`` is not square, symmetric, finite or complete (nothing is written).
     StoreExistsError
         ``store`` holds something and ``overwrite`` was not given, or it is the input.
+    TypeError
+        ``attrs`` is not a dict of JSON-safe values, or another argument has the wrong type.
+    Interrupted
+        Ctrl-C: the store is left marked incomplete; write it again with ``overwrite=True``.
 
     Examples
     --------
@@ -323,32 +341,59 @@ def from_array(
     >>> float(bigspec.from_array(U, "memory://doc-fa-u.zarr", triangle="upper", overwrite=True).read(0, 3, 0, 3)[2, 0])
     1.0
     """
+    from .cluster import require_visible, resolve_client
     from .matrix import as_matrix
+    from .progress import want_progress
+    from .runner import Runner
     from .storage import prepare_target
-    from .validate import check_flag
+    from .validate import check_attrs, check_flag
 
     overwrite, symmetric = check_flag(overwrite, "overwrite"), check_flag(symmetric, "symmetric")
+    attrs = check_attrs(attrs)
+    want_progress(progress)
+    client = resolve_client(client)
     m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, symmetric=symmetric,
-                  storage_options=storage_options if isinstance(A, (str, os.PathLike)) else None)
+                  storage_options=storage_options if isinstance(A, (str, os.PathLike)) else None, client=client)
     if tile_size is None:
         tile_size = m.tile_size or config.get("tile-size")
     tile_size = min(check_tile_size(tile_size), m.n)
     group = prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=[m.origin])
-    ms = create_matrix(group, m.n, tile_size, m.dtype, symmetric, {"source": m.kind, **(attrs or {})})
-    write_matrix(m, ms)
+    ms = create_matrix(group, m.n, tile_size, m.dtype, symmetric, {"source": m.kind, **attrs})
+    tiles = sum(1 for _ in ms.stored_tiles())
+
+    def interrupted():
+        done = len(ms.written_tiles())
+        return (f"wrote {done} of {tiles} tiles of {ms.url}, which is marked incomplete: write it again with "
+                f"overwrite=True (CLI --overwrite)")
+
+    with Runner(client, progress=progress, label="bigspec import", unit="tiles", total=tiles,
+                interrupted=interrupted) as runner:
+        if m.kind == "dask" and ms.local_path is not None:
+            require_visible(client, ms.local_path, f"the store {ms.url}",
+                            "write it to storage every worker mounts at the same path, or to a URL (s3://...)")
+        write_matrix(m, ms, runner)
     ms.update_attrs(complete=True)
     return ms
 
 
-def write_matrix(m, ms: MatrixStore) -> None:
-    """Write the stored tiles of the validated matrix ``m`` into the (new) store ``ms``."""
+def write_matrix(m, ms: MatrixStore, runner=None) -> None:
+    """Write the stored tiles of the validated matrix ``m`` into the (new) store ``ms``.
+
+    A dask array's tiles are computed and written by ``runner``'s scheduler; other inputs are
+    read here, one tile at a time.
+    """
+    if runner is None:
+        from .runner import Runner
+
+        runner = Runner(None, progress=False)
     if m.kind == "dask":
-        _write_dask(m.source, ms)
+        _write_dask(m.source, ms, runner)
         return
     for i, j in ms.stored_tiles():
         r0, r1 = ms.tile_bounds(i)
         c0, c1 = ms.tile_bounds(j)
         ms.matrix[r0:r1, c0:c1] = _prepare_tile(m.source[r0:r1, c0:c1], i == j and ms.symmetric, ms.dtype, (i, j))
+        runner.bar.advance(1)
 
 
 def _check_finite(tile: np.ndarray, i: int, j: int, r0: int = 0, c0: int = 0) -> None:
@@ -403,7 +448,7 @@ def _write_tile(block, matrix, r0, r1, c0, c1, diagonal, dtype, index):
     return 1
 
 
-def _write_dask(A, ms: MatrixStore) -> None:
+def _write_dask(A, ms: MatrixStore, runner) -> None:
     import dask
 
     b = ms.tile_size
@@ -415,4 +460,4 @@ def _write_dask(A, ms: MatrixStore) -> None:
         r0, r1 = ms.tile_bounds(i)
         c0, c1 = ms.tile_bounds(j)
         writes.append(write(blocks[i, j], ms.matrix, r0, r1, c0, c1, ms.symmetric and i == j, ms.dtype, (i, j)))
-    dask.compute(*writes)
+    runner.compute(writes, tick=True)

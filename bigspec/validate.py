@@ -42,6 +42,15 @@ def check_number(value, name: str) -> float:
     return value
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed for ``numpy.random.SeedSequence``: a non-negative integer."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
 def check_memory(memory):
     """A memory budget: ``None`` / ``"auto"`` (returned as is) or a positive size, returned in bytes.
 
@@ -63,3 +72,19 @@ def check_memory(memory):
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"memory must be a positive size, got {memory!r}")
     return int(value)
+
+
+def check_attrs(attrs) -> dict:
+    """Provenance attributes for a store: None or a dict of JSON-safe values (returned as a dict)."""
+    import json
+
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict of JSON-safe values, got {type(attrs).__name__}")
+    try:
+        json.dumps(attrs, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"attrs must be a dict of JSON-safe values (str, numbers, bools, None, lists, dicts): "
+                        f"{e}") from None
+    return dict(attrs)

@@ -39,8 +39,8 @@ import zarr
 from dask.utils import format_bytes
 
 from .. import config
-from ..backend import check_device, namespace_of, return_freed_tiles_to_os, to_device, to_host
-from ..cluster import current_client, resources
+from ..backend import check_device, namespace_of, release_freed_memory, to_device, to_host
+from ..cluster import require_visible, resolve_client, resources
 from ..errors import (
     GrowthWarning,
     MemoryBudgetError,
@@ -52,13 +52,14 @@ from ..errors import (
 )
 from ..form import kron_outputs
 from ..matrix import as_matrix
-from ..progress import Progress, run_graph, want_progress
 from ..results import LogdetResult
+from ..progress import want_progress
+from ..runner import Runner
 from ..store import check_tile_size, create_matrix, write_matrix
 from ..validate import check_flag, check_memory, check_number
 from . import EXACT_METHODS as METHODS
 from . import tiles
-from .plan import make_plan
+from .plan import make_plan, memory_budget
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
                 lc0 = bounds[j][0] - start
                 if write:
                     writes.append((okey, (write_L, src, L_array, *bounds[i], *bounds[j], off, lc0, i == j)))
-                elif cholesky:
+                else:   # in memory: the tile's max|L| (and a tick of the progress bar)
                     writes.append((okey, (max_abs, src, off, rows, i == j)))
     check = None
     if not cholesky:
@@ -410,18 +411,6 @@ def _check_scale_shift(scale, shift, n):
     if not np.isfinite(shift).all():
         raise ValueError("shift holds NaN or infinite values")
     return scale, shift
-
-
-def _budget(memory, client, n_workers_memory):
-    memory = check_memory(config.get("memory", "auto") if memory is None else memory)
-    if memory is None or memory == "auto":
-        frac = float(config.get("memory-fraction", 0.5))
-        if client is not None and n_workers_memory:
-            return int(n_workers_memory * frac)
-        import psutil
-
-        return int(psutil.virtual_memory().available * frac)
-    return memory
 
 
 def _shift_digest(scale, shift):
@@ -539,8 +528,11 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)} for the exact logdet, got {method!r}")
     check_device(device)
+    want_progress(progress)
+    client = resolve_client(client)
     # validation of every argument before anything is copied or written
-    m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options, mode="r+")
+    m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options, mode="r+",
+                  client=client)
     ms, n = m.store, m.n
     if ms is not None:
         if tile_size is not None and check_tile_size(tile_size) != ms.tile_size:
@@ -556,13 +548,11 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
             raise ValueError("checkpoint=True (CLI --checkpoint) needs a matrix store to keep the factor in; "
                              "write one with bigspec.from_array(A, path) (CLI: bigspec import)")
     scale, shift = _check_scale_shift(scale, shift, n)
-    if client is None:
-        client = current_client()
     workers, threads, worker_memory = resources(client)
     blas_threads = None
     if client is None:
         threads, blas_threads = local_threads(threads)
-    budget = _budget(memory, client, worker_memory)
+    budget = memory_budget(memory, client, worker_memory)
     digest = _shift_digest(scale, shift)
     max_tasks = config.get("max-graph-tasks", 100_000)
     itemsize = COMPUTE_DTYPE.itemsize
@@ -604,28 +594,44 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     plan = make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
                      write_factor=factor is not None or not probe.in_memory, max_tasks=max_tasks,
                      storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None)
+    done_before = start * b
+
+    def interrupted():
+        done = max(getattr(runner, "columns_done", 0), done_before)
+        if use_store:
+            return (f"factored {done} of {n} columns of {ms.url}, kept in its factor/; run the same command again to "
+                    f"resume from column {done}")
+        return (f"factored {done} of {n} columns; nothing is kept ("
+                + ("the matrix is not a store" if ms is None else "checkpoint=False, CLI --no-checkpoint")
+                + "): a new run starts over" + ("; checkpoint=True (CLI --checkpoint) keeps the factor to resume"
+                                               if ms is not None else ""))
+
+    note = f"resumed: columns 0:{done_before} were factored before" if done_before else None
+    total = sum(plan.n_tiles - k for k0, k1 in plan.panels for k in range(k0, k1))
     tmp = []
     try:
-        source = m.source
-        if ms is None and (m.kind == "dask" or (m.kind == "numpy" and client is not None)):
-            # tasks cannot slice a dask array, and a numpy array would travel inside every task:
-            # copy the validated matrix to a temporary store the workers read
-            tmp.append(tempfile.mkdtemp(prefix="bigspec-matrix-"))
-            copy = create_matrix(zarr.open_group(f"{tmp[-1]}/matrix.zarr", mode="w"), n, b, m.dtype)
-            write_matrix(m, copy)
-            source = copy.view()
-        _warn_if_local(client, ms, m, factor is None and not plan.in_memory)
-        if factor is None and not plan.in_memory:
-            tmp.append(tempfile.mkdtemp(prefix="bigspec-factor-"))
-            factor = _Factor(zarr.open_group(tmp[-1], mode="w"), n, b, method, digest, True)
-        if not plan.in_memory:
-            # out of core the budget is binding: freed tiles must leave the process (in memory
-            # the mmap page faults cost 5-15%, measured, and nothing needs returning)
-            return_freed_tiles_to_os()
-            if client is not None:
-                client.run(return_freed_tiles_to_os)
-        run = _run(plan, source, factor, scale, shift, device, client, threads, progress, blas_threads,
-                   root=ms if use_store else None, workers=workers)
+        with Runner(client, progress=progress, label=f"bigspec {method}", unit="tiles", total=total, note=note,
+                    threads=threads, blas_threads=blas_threads, interrupted=interrupted) as runner:
+            source = m.source
+            if ms is None and (m.kind == "dask" or (m.kind == "numpy" and client is not None)):
+                # tasks cannot slice a dask array, and a numpy array would travel inside every task:
+                # copy the validated matrix to a temporary store the workers read
+                tmp.append(tempfile.mkdtemp(prefix="bigspec-matrix-"))
+                require_visible(client, tmp[-1], "the temporary copy of the in-memory matrix",
+                                "write the matrix to shared storage first: bigspec.from_array(A, SHARED_PATH_OR_URL)")
+                copy = create_matrix(zarr.open_group(f"{tmp[-1]}/matrix.zarr", mode="w"), n, b, m.dtype)
+                write_matrix(m, copy, Runner(client, progress=False, threads=threads))
+                source = copy.view()
+            if ms is not None and ms.local_path is not None:
+                require_visible(client, ms.local_path, f"the store {ms.url}",
+                                "put the store on storage every worker mounts at the same path, or use a URL (s3://...)")
+            if factor is None and not plan.in_memory:
+                tmp.append(tempfile.mkdtemp(prefix="bigspec-factor-"))
+                require_visible(client, tmp[-1], "the temporary factor (checkpoint=False, out of core)",
+                                "factor a store on shared storage with checkpoint=True")
+                factor = _Factor(zarr.open_group(tmp[-1], mode="w"), n, b, method, digest, True)
+            run = _run(plan, source, factor, scale, shift, device, runner, root=ms if use_store else None,
+                       workers=workers)
         if run["log_d"] is not None and start > 0:
             prev = factor.load_d(start * b)
             for key in ("log_d", "sign_d", "leading_minor"):
@@ -638,26 +644,6 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     if ms is not None:
         _record(ms, res)
     return res
-
-
-def _warn_if_local(client, ms, m, spills):
-    if client is None or _is_local(client):
-        return
-    if spills:
-        warnings.warn("checkpoint=False spills the factor to a local temporary directory, which remote "
-                      "workers cannot read; use a store on shared storage", stacklevel=4)
-    url = ms.url if ms is not None else None
-    if url is not None and "://" not in url:
-        warnings.warn(f"the store {url} is a local path but the Dask scheduler is remote: every worker must "
-                      f"see the same path (shared storage), or use a URL such as s3://", stacklevel=4)
-    if ms is None and m.kind in ("numpy", "dask"):
-        warnings.warn("an in-memory matrix is copied to a local temporary store, which remote workers "
-                      "cannot read; write it to shared storage with bigspec.from_array first", stacklevel=4)
-
-
-def _is_local(client) -> bool:
-    addr = str(getattr(client.scheduler, "address", ""))
-    return addr.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tls://127.", "tcp://[::1]"))
 
 
 def _widest_group(plan, k0, k1, workers):
@@ -685,8 +671,7 @@ def _pivot_split(plan, k0, k1, workers):
     return best
 
 
-def _run(plan, source, factor, scale, shift, device, client, threads, progress, blas_threads=None,
-         root=None, workers=1):
+def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=1):
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
     bounds = [(i * b, min((i + 1) * b, n)) for i in range(nt)]
     ldl = plan.method == "ldl"
@@ -701,95 +686,97 @@ def _run(plan, source, factor, scale, shift, device, client, threads, progress, 
     log_parts, sign_parts, minor_parts = [], [], []
     singular_at, computed, tasks, splits = None, 0, 0, 0
     arrays = factor.arrays() if factor is not None else {"L": None, "D": None}
-    per_tile = write or not ldl    # gathered per L tile: its write, or (Cholesky in memory) its max|L|
-    total = sum((k1 - k0) + ldl + per_tile * sum(nt - k for k in range(k0, k1)) for k0, k1 in plan.panels)
-    with Progress(total, label=f"bigspec {plan.method}", enabled=want_progress(progress)) as bar:
-        queue = list(plan.panels)
-        while queue:
-            k0, k1 = queue.pop(0)
-            c = bounds[k0][0]
-            # a panel can only be split where its L tiles are written for the next panels to read
-            split_k1, widest = (_pivot_split(plan, k0, k1, workers) if write else
-                                (k1, _widest_group(plan, k0, k1, workers))) if ldl else (k1, 1)
-            group, offset, tried, widened = 1, 0, set(), False
-            while True:
-                can_widen = ldl and not widened and group < widest
-                g = panel_graph(plan, k0, k1, source, arrays, scale, shift, device, write, group,
-                                GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"], offset)
-                tasks += len(g.dsk)
-                try:
-                    values = run_graph(g.dsk, g.keys, client, threads, bar, blas_threads)
-                except (tiles.ZeroPivot, NeedsPivoting) as e:
-                    if can_widen:
-                        if split_k1 < k1:
-                            queue.insert(0, (split_k1, k1))
-                            k1, splits = split_k1, splits + 1
-                        logger.info("panel %d:%d: %s with pivoting inside %d tile(s); factoring columns %d:%d "
-                                    "again with Bunch-Kaufman across %d tiles", k0, k1, _why(e), group, k0, k1,
-                                    widest)
-                        group, widened = widest, True
-                        continue
-                    if isinstance(e, NeedsPivoting):  # pragma: no cover - the limit is inf then
-                        raise
-                    if k1 == nt and group >= k1 - k0:
-                        singular_at = e.row
-                        break
-                    moved = _move_boundary(e.row // b, k0, k1, nt, group, offset, g.groups, tried) if ldl else None
-                    if moved == "panel" and not write:
-                        moved = None
-                    if moved == "panel":
-                        # the pivot needs a row of the next panel: end this one before its tile
-                        k1 = e.row // b
-                        queue = [(s0, min(s0 + plan.panel_tiles, nt)) for s0 in range(k1, nt, plan.panel_tiles)]
-                        splits += 1
-                        logger.info("panel %d:%d: %s at the panel's edge; the panel ends before it", k0, k1,
-                                    _why(e))
-                        group, offset = min(group, k1 - k0), 0
-                        continue
-                    if moved is not None:
-                        logger.info("panel %d:%d: %s at a pivot group's edge; groups of %d tiles from offset %d",
-                                    k0, k1, _why(e), *moved)
-                        group, offset = moved
-                        continue
-                    raise _unstable(plan, e.row, None, group, k0, k1, b) from None
-                break
-            if singular_at is not None:
-                warnings.warn(
-                    f"log|det| = -inf: an exact zero pivot at row {singular_at} with Bunch-Kaufman pivoting over "
-                    f"the whole remaining matrix: the matrix is singular (rank deficient); add a ridge with "
-                    f"shift= to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
-                break
-            computed += 1
-            infos = values[: len(g.infos)]
-            check = values[len(g.infos)] if g.check else None
-            outs = values[len(g.infos) + (1 if g.check else 0):]
-            for (g0, g1), info in zip(g.groups, infos):
-                log_parts.append(info["log_d"])
-                sign_parts.append(info["sign_d"])
-                minor_parts.append(tiles.leading_minors(info["perm"], info["D"]) if ldl
-                                   else np.ones(len(info["log_d"]), bool))
-                stats["min_abs_d"] = min(stats["min_abs_d"], info["pivot_min"])
-                stats["max_abs_d"] = max(stats["max_abs_d"], info["pivot_max"])
-                if g1 - g0 > 1:
-                    stats["pivot_groups"] = stats["pivot_groups"] + [[bounds[g0][0], bounds[g1 - 1][1]]]
-            stats["max_abs_L"] = max(stats["max_abs_L"], max(outs, default=0.0),
-                                     check["max_abs_L"] if check else 0.0)
-            if check is not None:
-                s_rows[c:] = check["s"]
-                stats["scale"] = check["scale"]
-                if check["growth"] >= stats["growth"]:
-                    stats["growth"], stats["growth_row"] = check["growth"], check["growth_row"]
-                if check["growth"] > GROWTH_LIMIT and not (k1 == nt and group >= k1 - k0):
-                    raise _unstable(plan, check["growth_row"], check["growth"], group, k0, k1, b)
-            if factor is not None:
-                if ldl:
-                    if "s_rows" not in factor.group:
-                        factor.group.create_array("s_rows", shape=(n,), chunks=(max(n, 1),), dtype="float64",
-                                                  fill_value=0.0, overwrite=True)
-                    factor.group["s_rows"][:] = s_rows
-                grp = [(bounds[g0][0], bounds[g1 - 1][1]) for g0, g1 in g.groups]
-                factor.save_columns(list(zip(grp, infos)), k1, _json_stats(stats), complete=k1 == nt, root=root)
-            _after_panel(k0, k1)
+    queue = list(plan.panels)
+    while queue:
+        k0, k1 = queue.pop(0)
+        c = bounds[k0][0]
+        # a panel can only be split where its L tiles are written for the next panels to read
+        split_k1, widest = (_pivot_split(plan, k0, k1, workers) if write else
+                            (k1, _widest_group(plan, k0, k1, workers))) if ldl else (k1, 1)
+        group, offset, tried, widened = 1, 0, set(), False
+        mark = runner.mark()
+        while True:
+            runner.rewind(mark)          # a panel factored again counts its tiles once
+            can_widen = ldl and not widened and group < widest
+            g = panel_graph(plan, k0, k1, source, arrays, scale, shift, device, write, group,
+                            GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"], offset)
+            tasks += len(g.dsk)
+            try:
+                values = runner.run(g.dsk, g.keys, ticks=g.outputs)
+            except (tiles.ZeroPivot, NeedsPivoting) as e:
+                if can_widen:
+                    if split_k1 < k1:
+                        queue.insert(0, (split_k1, k1))
+                        k1, splits = split_k1, splits + 1
+                    logger.info("panel %d:%d: %s with pivoting inside %d tile(s); factoring columns %d:%d "
+                                "again with Bunch-Kaufman across %d tiles", k0, k1, _why(e), group, k0, k1,
+                                widest)
+                    group, widened = widest, True
+                    continue
+                if isinstance(e, NeedsPivoting):  # pragma: no cover - the limit is inf then
+                    raise
+                if k1 == nt and group >= k1 - k0:
+                    singular_at = e.row
+                    break
+                moved = _move_boundary(e.row // b, k0, k1, nt, group, offset, g.groups, tried) if ldl else None
+                if moved == "panel" and not write:
+                    moved = None
+                if moved == "panel":
+                    # the pivot needs a row of the next panel: end this one before its tile
+                    k1 = e.row // b
+                    queue = [(s0, min(s0 + plan.panel_tiles, nt)) for s0 in range(k1, nt, plan.panel_tiles)]
+                    splits += 1
+                    logger.info("panel %d:%d: %s at the panel's edge; the panel ends before it", k0, k1,
+                                _why(e))
+                    group, offset = min(group, k1 - k0), 0
+                    continue
+                if moved is not None:
+                    logger.info("panel %d:%d: %s at a pivot group's edge; groups of %d tiles from offset %d",
+                                k0, k1, _why(e), *moved)
+                    group, offset = moved
+                    continue
+                raise _unstable(plan, e.row, None, group, k0, k1, b) from None
+            break
+        if singular_at is not None:
+            warnings.warn(
+                f"log|det| = -inf: an exact zero pivot at row {singular_at} with Bunch-Kaufman pivoting over "
+                f"the whole remaining matrix: the matrix is singular (rank deficient); add a ridge with "
+                f"shift= to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
+            break
+        computed += 1
+        infos = values[: len(g.infos)]
+        check = values[len(g.infos)] if g.check else None
+        outs = values[len(g.infos) + (1 if g.check else 0):]
+        for (g0, g1), info in zip(g.groups, infos):
+            log_parts.append(info["log_d"])
+            sign_parts.append(info["sign_d"])
+            minor_parts.append(tiles.leading_minors(info["perm"], info["D"]) if ldl
+                               else np.ones(len(info["log_d"]), bool))
+            stats["min_abs_d"] = min(stats["min_abs_d"], info["pivot_min"])
+            stats["max_abs_d"] = max(stats["max_abs_d"], info["pivot_max"])
+            if g1 - g0 > 1:
+                stats["pivot_groups"] = stats["pivot_groups"] + [[bounds[g0][0], bounds[g1 - 1][1]]]
+        stats["max_abs_L"] = max(stats["max_abs_L"], max(outs, default=0.0),
+                                 check["max_abs_L"] if check else 0.0)
+        if check is not None:
+            s_rows[c:] = check["s"]
+            stats["scale"] = check["scale"]
+            if check["growth"] >= stats["growth"]:
+                stats["growth"], stats["growth_row"] = check["growth"], check["growth_row"]
+            if check["growth"] > GROWTH_LIMIT and not (k1 == nt and group >= k1 - k0):
+                raise _unstable(plan, check["growth_row"], check["growth"], group, k0, k1, b)
+        if factor is not None:
+            if ldl:
+                if "s_rows" not in factor.group:
+                    factor.group.create_array("s_rows", shape=(n,), chunks=(max(n, 1),), dtype="float64",
+                                              fill_value=0.0, overwrite=True)
+                factor.group["s_rows"][:] = s_rows
+            grp = [(bounds[g0][0], bounds[g1 - 1][1]) for g0, g1 in g.groups]
+            factor.save_columns(list(zip(grp, infos)), k1, _json_stats(stats), complete=k1 == nt, root=root)
+        runner.columns_done = bounds[k1 - 1][1]
+        if not plan.in_memory:
+            release_freed_memory(runner.client)
+        _after_panel(k0, k1)
     log_d = np.concatenate(log_parts) if log_parts and singular_at is None else (None if singular_at is not None
                                                                                  else np.zeros(0))
     sign_d = np.concatenate(sign_parts) if sign_parts and singular_at is None else (None if singular_at is not None

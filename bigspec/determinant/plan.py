@@ -68,11 +68,10 @@ class Plan:
         """Tasks of one super-panel's graph (pivoting inside each tile; tests check it against the graph)."""
         nt = self.n_tiles
         ldl = self.method == "ldl"
-        per_tile = self.write_factor or not ldl      # a write, or (Cholesky in memory) a max|L|
         tasks = 0
         for k in range(k0, k1):
             tasks += 3 + (nt - k - 1)                # factor, info, L; solves below
-            tasks += (nt - k) * (ldl + per_tile)     # growth stats (LDL^T); write or max|L|
+            tasks += (nt - k) * (ldl + 1)            # growth stats (LDL^T); write (or in memory max|L|)
             for j in range(k + 1, k1):
                 tasks += (nt - j) + ldl              # updates of column j, one D-scaled tile
         reads = sum(nt - k for k in range(k0, k1))
@@ -228,6 +227,55 @@ def _chunks(nt, k0, k1, threads):
     rows = nt - k0
     w = k1 - k0
     return max(1, min(rows, max(threads, min(2 * threads, rows // max(w, 1)))))
+
+
+def memory_budget(memory, client=None, workers_memory: int | None = None) -> int:
+    """The factorization's budget in bytes: ``memory`` (a size, or "auto"/None for ``bigspec.memory``).
+
+    "auto" is ``bigspec.memory-fraction`` (default 0.5) of the workers' memory with a client,
+    else of the memory available now on this machine.
+    """
+    from .. import config
+    from ..validate import check_memory
+
+    memory = check_memory(config.get("memory", "auto") if memory is None else memory)
+    if memory is None or memory == "auto":
+        frac = float(config.get("memory-fraction", 0.5))
+        if client is not None and workers_memory:
+            return int(workers_memory * frac)
+        import psutil
+
+        return int(psutil.virtual_memory().available * frac)
+    return memory
+
+
+def fit_tile_size(n: int, budget: int, threads: int = 1, multiple: int = 1, preferred: int | None = None,
+                  method: str = "ldl") -> int:
+    """The tile edge a new store of order ``n`` gets when none is given.
+
+    ``preferred`` (default ``bigspec.tile-size``), made smaller when the factorization could
+    not hold one tile column of it within ``budget`` bytes on ``threads`` threads, so the store
+    can always be factored out of core under that budget. A multiple of ``multiple`` (matrix
+    rows per data point), at least ``MIN_SUGGESTED_TILE`` rows where n allows.
+
+    Examples
+    --------
+    >>> fit_tile_size(3000, budget=2**30)
+    1024
+    >>> fit_tile_size(100_000, budget=300 * 2**20, threads=2)   # 100k rows: narrower tiles fit 300 MiB
+    256
+    """
+    from .. import config
+
+    b = int(preferred or config.get("tile-size", 1024))
+    b = max(multiple, min(b, n) // multiple * multiple)
+    while b > max(MIN_SUGGESTED_TILE, multiple):
+        try:
+            make_plan(n, b, 8, method, budget, threads)
+            break
+        except MemoryBudgetError:
+            b = max(multiple, (b // 2) // multiple * multiple)
+    return b
 
 
 def flops(n: int) -> float:

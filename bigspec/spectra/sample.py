@@ -8,7 +8,6 @@ never formed.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import numpy as np
@@ -29,20 +28,10 @@ def _eigvalsh_kernel(kernel, data, device: str) -> np.ndarray:
     return np.sort(to_host(xp.linalg.eigvalsh(xp.asarray(kernel.block(x, x, diagonal=True), dtype=xp.float64))))
 
 
-def _compute(tasks, client):
-    import dask
-
-    if client is None:
-        from ..cluster import current_client
-
-        client = current_client()
-    if client is not None:
-        return client.compute(tasks, sync=True)
-    return list(dask.compute(*tasks, scheduler="threads"))
-
-
 def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size=None, seed=0, client=None,
-             device="cpu", storage_options=None, triangle=None, missing_chunks="error", **options):
+             device="cpu", progress=None, storage_options=None, triangle=None, missing_chunks="error",
+             regime="auto", shift=0.0, scale=1.0, degree=None, support=None, damping="jackson", glue="auto",
+             grid=500, delta=1e-9, atom_tol=1e-9, **kernel_params):
     """Eigenvalue density of a matrix too large to diagonalize, from sampled principal submatrices.
 
     Parameters
@@ -68,14 +57,27 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         Default: the current client, else Dask's threaded scheduler.
     device : {"cpu", "gpu"}
         ``"gpu"`` runs eigvalsh (and the kernel block) with cupy.
+    progress : bool, optional
+        Progress bar over the samples (default: on a terminal).
     triangle, missing_chunks :
         For array inputs, as in :func:`bigspec.logdet`.
-    **options
-        Passed to :func:`free_decompress` (``degree``, ``glue``, ``grid``, ``support``...).
+    regime, shift, scale, degree, support, damping, glue, grid, delta, atom_tol :
+        The decompression's options, as in :func:`bigspec.free_decompress`.
+    **kernel_params
+        Parameters of a kernel given by name (with ``kernel=`` only).
 
     Returns
     -------
     SpectrumResult
+
+    Raises
+    ------
+    InvalidSpectrumError
+        ``sample_size`` / ``n_samples`` do not fit the matrix.
+    TypeError
+        Both or neither of ``A`` and ``kernel``, or kernel parameters without ``kernel=``.
+    Interrupted
+        Ctrl-C (nothing is kept: a spectrum writes nothing).
 
     Examples
     --------
@@ -87,20 +89,35 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     """
     import dask
 
+    from ..cluster import require_visible, resolve_client
+    from ..progress import want_progress
+    from ..runner import Runner
+    from ..validate import check_seed
+
     device = check_device(device)
-    kernel_params = {k: options.pop(k) for k in list(options) if k not in _DECOMPRESS_OPTIONS}
+    want_progress(progress)
+    seed = check_seed(seed)
+    client = resolve_client(client)
     if (A is None) == (kernel is None):
-        raise TypeError("pass either a store A or kernel= and X=, not both (and not neither)")
+        raise TypeError("pass either a matrix A or kernel= and X=, not both (and not neither)")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+        raise TypeError(f"n_samples must be an integer, got {n_samples!r}")
     n_samples = int(n_samples)
     if n_samples < 1:
         raise InvalidSpectrumError(f"n_samples must be >= 1 (disjoint diagonal blocks to sample), got {n_samples}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))):
+        raise TypeError(f"size must be an integer (the order of the matrix to decompress to), got {size!r}")
+    decompress = dict(regime=regime, shift=shift, scale=scale, degree=degree, support=support, damping=damping,
+                      glue=glue, grid=grid, delta=delta, atom_tol=atom_tol)
 
     if A is not None:
         from ..matrix import as_matrix
 
         if kernel_params:
-            raise TypeError(f"unexpected options {sorted(kernel_params)}")
-        m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options)
+            raise TypeError(f"spectrum() got unexpected keyword argument(s) {', '.join(sorted(kernel_params))}: "
+                            f"kernel parameters apply with kernel= and X=")
+        m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options,
+                      client=client)
         n = m.n
         ms = m.store
         perm = ms.attrs.get("permutation") if ms is not None else None
@@ -114,18 +131,21 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         if m.kind == "numpy":   # in memory: slice here, so a task carries its block, not the matrix
             blocks = [m.block(r0, r1, r0, r1) for r0, r1 in spans]
         else:                   # stores, zarr and dask arrays: the workers read their blocks
+            if ms is not None and ms.local_path is not None:
+                require_visible(client, ms.local_path, f"the store {ms.url}",
+                                "put the store on storage every worker mounts at the same path, or use a URL")
             big = m.to_dask(ms.tile_size if ms is not None else min(sample_size, 4096))
             blocks = [big[r0:r1, r0:r1] for r0, r1 in spans]
         tasks = [dask.delayed(_eigvalsh_block)(blk, device) for blk in blocks]
         source = ms.url if ms is not None else f"{m.kind} array"
         rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
     else:
-        from ..form import _check_finite, _load_data
+        from ..form import _check_finite, _load_data, bind_kernel
         from ..kernels import get_kernel
 
         k = get_kernel(kernel, **kernel_params)
         Xa = _load_data(X)
-        k.check_data(Xa)
+        k = bind_kernel(k, Xa)
         _check_finite(Xa)
         n = int(Xa.shape[0])
         sample_size = check_sample_size(sample_size, n, n_samples)
@@ -136,15 +156,13 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                                                 device) for j in range(n_samples)]
         source = f"kernel {k.name}"
         rows = 1 if k.kron_identity else k.n_outputs
-    eigs = _compute(tasks, client)
-    size = n if size is None else int(size)
+    with Runner(client, progress=progress, label="bigspec spectrum", unit="samples", total=n_samples,
+                interrupted=lambda: "no spectrum was computed; a spectrum writes nothing, so run it again") as runner:
+        eigs = runner.compute(tasks, tick=True)
     # eigenvalue arrays count matrix rows; sizes count samples (x rows per sample)
-    return free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source, **options)
-
-
-# options of free_decompress that spectrum() passes through (the rest go to the kernel)
-_DECOMPRESS_OPTIONS = set(inspect.signature(free_decompress).parameters) - {"eigenvalues", "size", "sample_size",
-                                                                            "seed", "source"}
+    size = n if size is None else int(size)
+    return free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source,
+                           **decompress)
 
 
 def check_sample_size(sample_size, n, n_samples):

@@ -1,0 +1,250 @@
+"""One way to run bigspec's task graphs: on the verb's client or Dask's threaded scheduler.
+
+Every verb (``form``, ``from_array``, ``logdet``, ``spectrum``) runs its graphs through one
+:class:`Runner`, which gives them the same
+
+* progress display: one bar per verb, counting the verb's own units (tiles formed, tiles
+  factored, samples), and saying where a resumed run started;
+* interrupt behaviour: Ctrl-C cancels what the cluster still runs for this verb and raises
+  :class:`~bigspec.errors.Interrupted`, whose message says what was finished and kept and
+  how to resume (the CLI prints it as one line and exits 130);
+* watch on the cluster: a worker that leaves during a run is reported (one
+  :class:`~bigspec.errors.WorkerLostWarning`: which worker, how many of this run's tasks Dask
+  re-runs); a cluster left without workers, or a scheduler that went away, ends the run with a
+  :class:`~bigspec.errors.ClusterError` within ``distributed.comm.timeouts.connect`` instead of
+  waiting without end.
+
+Examples
+--------
+>>> from operator import add
+>>> from bigspec.runner import Runner
+>>> with Runner(None, progress=False, total=2) as run:
+...     run.run({"a": 1, "b": (add, "a", 1), "c": (add, "b", "b")}, ["b", "c"])
+(2, 4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+
+from threadpoolctl import threadpool_limits
+
+from . import config
+from .errors import ClusterError, Interrupted, WorkerLostWarning
+from .progress import Progress, want_progress
+
+logger = logging.getLogger(__name__)
+
+#: seconds between two looks at the cluster's workers while a graph runs on it
+HEALTH_INTERVAL = 1.0
+
+
+class Runner:
+    """Runs a verb's graphs with one progress bar, one interrupt behaviour and one cluster watch.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+        As resolved by :func:`bigspec.cluster.resolve_client` (None: threaded scheduler).
+    progress : bool or None
+        Show the bar (None: on a terminal, see :func:`bigspec.progress.want_progress`).
+    label, unit : str
+        What the bar says: ``"bigspec ldl"``, ``"tiles"``.
+    total : int
+        Units of the whole verb (the bar's 100%).
+    note : str, optional
+        Shown beside the bar, e.g. where a resumed run started.
+    threads, blas_threads : int, optional
+        Threaded scheduler only: task threads, and BLAS threads per task
+        (default ``bigspec.blas-threads``, else the BLAS library's own).
+    interrupted : callable, optional
+        Returns the message of :class:`~bigspec.errors.Interrupted` (what was finished and how
+        to resume), called when the run is interrupted.
+    """
+
+    def __init__(self, client=None, *, progress=None, label: str = "bigspec", unit: str = "tasks", total: int = 0,
+                 note: str | None = None, threads: int | None = None, blas_threads: int | None = None,
+                 interrupted=None):
+        self.client = client
+        self.threads = threads
+        self.blas_threads = blas_threads
+        self.interrupted = interrupted
+        self.bar = Progress(total, label=label, unit=unit, note=note, enabled=want_progress(progress))
+        self._futures = []
+        self._workers = None
+        self._reported = set()
+
+    # -- context: the bar, and the interrupt -------------------------------------------
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        self.bar.__exit__(typ, exc, tb)
+        if typ is not None and issubclass(typ, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+            self.cancel()
+            message = "interrupted"
+            if self.interrupted is not None:
+                try:
+                    message = self.interrupted()
+                except Exception as e:  # the store may be unreadable mid-interrupt: still say something
+                    logger.debug("could not describe the interrupted run: %s", e)
+            raise Interrupted(message) from None
+        return False
+
+    def cancel(self) -> None:
+        """Cancel this runner's futures still on the cluster (tasks already running finish)."""
+        if self.client is not None and self._futures:
+            with contextlib.suppress(Exception):
+                self.client.cancel(self._futures, force=True)
+        self._futures = []
+
+    def mark(self) -> int:
+        """The bar's count now, to :meth:`rewind` to when a graph is run again (pivoting retries)."""
+        return self.bar.done
+
+    def rewind(self, mark: int) -> None:
+        self.bar.set(mark)
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, dsk: dict, keys: list, ticks=None) -> list:
+        """Compute ``keys`` of the task graph ``dsk`` and return their values in order.
+
+        ``ticks``: the keys whose completion advances the bar by one unit (default: none).
+        """
+        ticks = set() if ticks is None else set(ticks)
+        if self.client is not None:
+            futures = self.client.get(dsk, keys, sync=False)
+            return self._wait(futures, [k in ticks for k in keys])
+        return self._threaded(dsk, keys, ticks)
+
+    def compute(self, collections: list, tick: bool = False) -> list:
+        """Compute dask collections (delayed objects, arrays); each delayed one advances the bar if ``tick``."""
+        collections = list(collections)
+        if self.client is not None:
+            futures = self.client.compute(collections)
+            return self._wait(futures, [tick] * len(futures))
+        import dask
+
+        ticks = {c.key for c in collections if hasattr(c, "key")} if tick else set()
+        with self._local(ticks):
+            return list(dask.compute(*collections, scheduler="threads", num_workers=self.threads))
+
+    def _threaded(self, dsk, keys, ticks):
+        import dask.threaded
+
+        with self._local(ticks):
+            return dask.threaded.get(dsk, keys, num_workers=self.threads)
+
+    @contextlib.contextmanager
+    def _local(self, ticks):
+        """The threaded scheduler's settings: BLAS threads per task, and a bar tick per finished key."""
+        from dask.callbacks import Callback
+
+        bar = self.bar
+
+        class _Tick(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if key in ticks:
+                    bar.advance(1)
+
+        # Measured on 2 cores: threaded BLAS inside each task beats one BLAS thread per task by
+        # 1.6-2x (the cores share FMA units), so BLAS threads are left as configured.
+        blas = config.get("blas-threads", None) or self.blas_threads
+        with threadpool_limits(blas, user_api="blas") if blas else contextlib.nullcontext(), \
+                (_Tick() if ticks else contextlib.nullcontext()):
+            yield
+
+    def _wait(self, futures, tick_flags):
+        """Wait for ``futures`` while showing progress and watching the cluster; return their results."""
+        from distributed import as_completed
+
+        from .progress import quiet_expected_failures
+
+        client = self.client
+        quiet_expected_failures(client)
+        self._futures = list(futures)
+        ticking = {f.key for f, t in zip(futures, tick_flags) if t}
+        mine = {f.key for f in futures}
+        done = as_completed(futures, loop=client.loop, raise_errors=False)
+        next_check = time.monotonic() + HEALTH_INTERVAL
+        while not done.is_empty():
+            batch = done.next_batch(block=False)
+            for f in batch:
+                if f.status == "error":
+                    self._raise_task_error(f)
+                if f.key in ticking:
+                    self.bar.advance(1)
+            if not batch:
+                time.sleep(0.02)
+            if time.monotonic() >= next_check:
+                self._check_cluster(mine)
+                next_check = time.monotonic() + HEALTH_INTERVAL
+        self._check_cluster(mine)
+        values = client.gather(futures)
+        self._futures = []
+        return values
+
+    def _raise_task_error(self, future):
+        from distributed import KilledWorker
+
+        try:
+            future.result()
+        except KilledWorker as e:
+            self.cancel()
+            raise ClusterError(
+                f"Dask gave up on a task after the workers running it died {e.allowed_failures + 1} times "
+                f"(often: out of memory; lower memory= or give the workers more): {e}") from None
+        except BaseException:
+            self.cancel()       # the graph's other tasks are of no use now
+            raise
+
+    # -- the cluster's health -------------------------------------------------------------
+    def _check_cluster(self, mine: set) -> None:
+        """Report workers that left; fail when no worker is left for the connect timeout."""
+        from .cluster import connect_timeout
+
+        client = self.client
+        try:
+            workers = set(client.nthreads())
+        except Exception as e:
+            self.cancel()
+            raise ClusterError(f"lost the Dask scheduler at {client.scheduler.address}: {e}") from None
+        if self._workers is not None:
+            for address in sorted(self._workers - workers):
+                self._report_lost(address, mine)
+        self._workers = workers
+        if workers:
+            self._no_workers_since = None
+            return
+        now = time.monotonic()
+        since = getattr(self, "_no_workers_since", None) or now
+        self._no_workers_since = since
+        timeout = connect_timeout()
+        if now - since > timeout:
+            self.cancel()
+            raise ClusterError(
+                f"every worker of the Dask cluster at {client.scheduler.address} is gone, and none came back "
+                f"within {timeout:g} s (distributed.comm.timeouts.connect); start workers (dask worker "
+                f"{client.scheduler.address}) and run the same command again: what was finished is kept")
+
+    def _report_lost(self, address: str, mine: set) -> None:
+        if address in self._reported:
+            return
+        self._reported.add(address)
+        rerun = None
+        with contextlib.suppress(Exception):
+            for _, msg in self.client.get_events(address):
+                if isinstance(msg, dict) and msg.get("action") == "remove-worker":
+                    keys = set(msg.get("processing-tasks", ())) | set(msg.get("lost-computed-tasks", ()))
+                    rerun = len(keys & mine) if mine else len(keys)
+        what = f"Dask re-runs its {rerun} task{'s' if rerun != 1 else ''} of this run on the other workers" \
+            if rerun is not None else "Dask re-runs its tasks on the other workers"
+        warnings.warn(f"worker {address} left the cluster during the run; {what}", WorkerLostWarning,
+                      stacklevel=2)
+
+
+__all__ = ["Runner"]
