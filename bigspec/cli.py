@@ -22,7 +22,7 @@ import tempfile
 import click
 
 from . import __version__
-from .errors import BigspecError, ClusterError, Interrupted
+from .errors import BigspecError, ClusterError, Interrupted, cli_text
 
 EXIT_USER, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -128,27 +128,68 @@ def info(store, as_json):
         from .store import open_matrix
 
         ms = open_matrix(store, mode="r")
-        out["store"] = {"url": ms.url, **ms.attrs, "missing_tiles": len(ms.missing_tiles())}
+        out["store"] = {"url": ms.url, **ms.attrs, "tiles": sum(1 for _ in ms.stored_tiles()),
+                        "missing_tiles": len(ms.missing_tiles()), "factor": _factor_state(ms)}
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
+    click.echo(_format_info(out))
+
+
+def _factor_state(ms) -> dict | None:
+    """What ``factor/`` holds: method, settings, columns factored of n."""
+    if "factor" not in ms.group:
+        return None
+    meta = dict(ms.group["factor"].attrs.get("bigspec_factor", {}))
+    if not meta:
+        return None
+    return {"method": meta.get("method"), "settings": meta.get("params"), "tile_size": meta.get("tile_size"),
+            "columns_done": min(int(meta.get("columns_done", 0)) * int(meta.get("tile_size") or ms.tile_size), ms.n),
+            "n": ms.n, "complete": bool(meta.get("complete"))}
+
+
+def _format_info(out: dict) -> str:
+    """``bigspec info`` as aligned fields, one per line."""
     from dask.utils import format_bytes
 
-    click.echo(f"version: {out['version']}")
-    click.echo("config: " + ", ".join(f"{k}={v}" for k, v in out["config"].items()))
-    click.echo(f"cpus: {out['cpus']}, memory: {format_bytes(out['memory'])}")
+    rows = [("bigspec", out["version"]), ("cpus", out["cpus"]), ("memory", format_bytes(out["memory"])),
+            ("config", "  ".join(f"{k}={v}" for k, v in out["config"].items()))]
     st = out.get("store")
     if st:
-        state = "complete" if st.get("complete") else f"unfinished ({st['missing_tiles']} tiles missing)"
-        click.echo(f"store: {st['url']}\n  n = {st['n']}, tile_size = {st['tile_size']}, dtype = {st['dtype']}, "
-                   f"{'symmetric' if st.get('symmetric') else 'not symmetric'}, {state}, from {st.get('source')}")
-        if st.get("kernel"):
-            kernel = st["kernel"]
-            click.echo(f"  kernel: {kernel.get('name')} {kernel.get('params', {})}")
+        n, b, tiles, missing = st["n"], st["tile_size"], st["tiles"], st["missing_tiles"]
+        itemsize = 4 if st.get("dtype") == "float32" else 8
+        rows += [("store", st["url"]),
+                 ("matrix", f"{n} x {n} {st.get('dtype')}, "
+                            f"{'symmetric (lower tiles stored)' if st.get('symmetric') else 'not symmetric'}, "
+                            f"{format_bytes(n * n * itemsize)} in full"),
+                 ("tiles", f"{b} x {b}, {tiles} stored: "
+                           + ("complete" if not missing else
+                              f"{tiles - missing} written, {missing} missing (unfinished: form it again to resume)")),
+                 ("source", st.get("source"))]
+        kernel = st.get("kernel")
+        if kernel:
+            params = ", ".join(f"{k}={v}" for k, v in (kernel.get("params") or {}).items())
+            d = int(kernel.get("n_outputs", 1))
+            kron = (f"; the matrix is K (x) I_{d} ({n * d} x {n * d}), K stored" if kernel.get("kron_identity")
+                    and d > 1 else f"; {d} rows per data point" if d > 1 else "")
+            rows.append(("kernel", f"{kernel.get('name')}: {params}{kron}"))
+        perm = st.get("permutation")
+        if isinstance(perm, dict):
+            rows.append(("order", f"data shuffled with seed {perm.get('seed')}" if perm.get("shuffle", True)
+                         else "data order kept (shuffle=False)"))
+        f = st.get("factor")
+        if f:
+            state = ("complete" if f["complete"] else
+                     f"{f['columns_done']} of {f['n']} columns factored (unfinished: run the same "
+                     f"`bigspec logdet` again to resume)")
+            rows.append(("factor", f"{f['method']} ({f['settings']}): {state}"))
         for name, r in (st.get("results") or {}).items():
             value = (f"sign {r.get('sign')}, logabsdet {r.get('logabsdet')!r}" if "logabsdet" in r else
                      f"size {r.get('size')}, trace {r.get('trace')!r}")
-            click.echo(f"  {name}: {value} ({r.get('seconds', 0):.3g} s)")
+            seconds = r.get("seconds")
+            rows.append((name, value + (f" ({seconds:.3g} s)" if isinstance(seconds, (int, float)) else "")))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def _config():
@@ -231,6 +272,8 @@ def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chu
         _emit(res, True)
     else:
         click.echo(f"sign = {res.sign}\nlogabsdet = {res.logabsdet!r}")
+        if res.kron_outputs != 1:
+            click.echo(f"matrix = {res.matrix}")
         click.echo(f"n = {res.n}, method = {res.method}, tile_size = {res.tile_size}, "
                    f"super-panels = {res.super_panels} ({res.panels_computed} computed now), "
                    f"{res.seconds:.2f} s" + (" (cached)" if res.cached else ""), err=True)
@@ -247,11 +290,13 @@ def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chu
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the sample histogram and decompressed density (PNG, SVG, PDF).")
 @click.option("--log", "log_axis", is_flag=True, help="Plot on a log10 eigenvalue axis.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a summary: add --grid for the density).")
+@click.option("--grid", "with_grid", is_flag=True, help="With --json: include the density on its grid (x, density).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
 @matrix_options
 @cluster_options
-def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log_axis, as_json, triangle,
-             missing_chunks, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log_axis, as_json, with_grid, overwrite,
+             triangle, missing_chunks, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Eigenvalue density of MATRIX (a store, .npy file or zarr array) by free decompression of sampled blocks."""
     from .matrix import as_matrix
     from .spectra import spectrum as run_spectrum
@@ -260,6 +305,8 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
 
     matrix = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks)  # errors before a cluster
     check_sample_size(sample_size, matrix.n, n_samples)
+    if plot_path:
+        _check_plot_path(plot_path, overwrite)
     options = {"degree": degree} if degree else {}
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         res = run_spectrum(matrix, sample_size=sample_size, n_samples=n_samples, size=size, regime=regime,
@@ -271,7 +318,7 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
         ax = res.plot(log=log_axis or res.settings["regime"] == "heavy-tailed")
         ax.figure.savefig(plot_path, dpi=120, bbox_inches="tight")
     if as_json:
-        _emit(res, True)
+        click.echo(json.dumps(res.to_dict(grid=with_grid), indent=2))
         return
     q = res.quantiles([0.01, 0.5, 0.99])
     click.echo(f"size = {res.size} from {res.n_samples} sample(s) of {res.sample_size} (alpha = {res.alpha:.3g}), "
@@ -281,6 +328,20 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
     for loc, mass in res.atoms:
         click.echo(f"atom at {loc:.4g} with mass {mass:.4f}")
     click.echo(f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
+
+
+def _check_plot_path(path, overwrite):
+    """A --plot file is the user's: never replaced without --overwrite; its format must be one matplotlib writes."""
+    import os
+
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"):
+        raise click.BadParameter(f"{path!r} has no image extension; use .png, .svg or .pdf", param_hint="--plot")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it, or choose another --plot path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"no directory {parent} for --plot {path}")
 
 
 def _parse_params(pairs, extra):
@@ -388,12 +449,12 @@ def demo(n_samples, ntk_samples, tile_size, workdir, as_json, scheduler, schedul
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {cli_text(message)}", err=True)
 
 
 def _interrupted(e) -> None:
     """Ctrl-C: one line (what was finished, how to resume), exit 130."""
-    said = str(e) if isinstance(e, Interrupted) and str(e) else "nothing was finished"
+    said = cli_text(e) if isinstance(e, Interrupted) and str(e) else "nothing was finished"
     click.echo(f"interrupted: {said}", err=True)
     sys.exit(EXIT_INTERRUPTED)
 
@@ -413,10 +474,10 @@ def main(argv=None) -> None:
     except click.exceptions.Abort as e:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
         _interrupted(e.__cause__)
     except ClusterError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {cli_text(e)}", err=True)
         sys.exit(EXIT_CLUSTER)
     except (BigspecError, ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {cli_text(e)}", err=True)
         sys.exit(EXIT_USER)
     except click.exceptions.ClickException as e:
         e.show()

@@ -1,32 +1,96 @@
 """Errors and warnings raised by bigspec.
 
 Each error also inherits the builtin exception a user would naturally catch, so
-``except ValueError`` keeps working. Messages name the offending value and the fix.
+``except ValueError`` keeps working. Messages name the offending value and the fix, in the
+interface the user is in: an option or call written with :func:`opt` reads ``tile_size=512``
+or ``bigspec.from_array(...)`` from Python and ``--tile-size 512`` or ``bigspec import ...``
+on the command line (the CLI prints :meth:`BigspecError.cli_message`).
 
 Examples
 --------
->>> from bigspec.errors import TileSizeError
+>>> from bigspec.errors import TileSizeError, opt
 >>> issubclass(TileSizeError, ValueError)
 True
+>>> e = TileSizeError(f"{opt('tile_size', '--tile-size')} must be positive; try {opt('tile_size=512', '--tile-size 512')}")
+>>> str(e)
+'tile_size must be positive; try tile_size=512'
+>>> e.cli_message()
+'--tile-size must be positive; try --tile-size 512'
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+_MARK = re.compile("\x1f(.*?)\x1e(.*?)\x1d", re.DOTALL)
+
+
+def opt(python: str, cli: str | None = None) -> str:
+    """An option, value or call in a message: ``python`` from Python, ``cli`` on the command line."""
+    return f"\x1f{python}\x1e{python if cli is None else cli}\x1d"
+
+
+#: the command-line flag of each keyword argument that has one
+FLAGS = {"tile_size": "--tile-size", "memory": "--memory", "method": "--method", "shift": "--shift",
+         "scale": "--scale", "overwrite": "--overwrite", "checkpoint": "--checkpoint", "dry_run": "--dry-run",
+         "shuffle": "--no-shuffle", "seed": "--seed", "triangle": "--triangle", "missing_chunks": "--missing-chunks",
+         "sample_size": "--sample-size", "n_samples": "--samples", "size": "--size", "degree": "--degree",
+         "regime": "--regime", "progress": "--progress", "dtype": "--dtype", "device": "--gpu"}
+_NO = object()
+
+
+def arg(name: str, value=_NO) -> str:
+    """A keyword argument (with a value: a setting of it) in a message, e.g. ``arg("memory", "4GiB")``
+    reads ``memory='4GiB'`` from Python and ``--memory 4GiB`` on the command line."""
+    flag = FLAGS.get(name)
+    if value is _NO:
+        return opt(name, flag)
+    python = f"{name}={value!r}"
+    if flag is None:
+        return opt(python)
+    if isinstance(value, bool):
+        cli = {("checkpoint", False): "--no-checkpoint", ("shuffle", True): "(the default)",
+               ("progress", False): "--no-progress"}.get((name, value), flag if value else f"no {flag}")
+        return opt(python, cli)
+    return opt(python, f"{flag} {value}")
+
+
+def kw(name: str) -> str:
+    """A keyword argument to set, in a message: ``shift=`` from Python, ``--shift`` on the command line."""
+    return opt(f"{name}=", FLAGS.get(name, f"{name}="))
+
+
+def render(text: str, interface: str = "python") -> str:
+    """A message with its :func:`opt` parts written for ``interface`` ("python" or "cli")."""
+    group = 2 if interface == "cli" else 1
+    return _MARK.sub(lambda m: m.group(group), str(text))
+
+
+def cli_text(obj) -> str:
+    """The command-line wording of an error or warning (its plain text when it has no other)."""
+    template = getattr(obj, "template", None)
+    return render(template, "cli") if template is not None else str(obj)
 
 
 class BigspecError(Exception):
     """Base class of every bigspec error."""
 
     def __init__(self, message: str = "", **info):
-        super().__init__(message)
+        self.template = str(message)
+        super().__init__(render(message))
         self.info = info
         for key, value in info.items():
             setattr(self, key, value)
 
+    def cli_message(self) -> str:
+        """The message as the command line says it (flags and commands instead of arguments and calls)."""
+        return render(self.template, "cli")
+
     def __reduce__(self):
         # keep keyword details when exceptions travel between Dask workers
-        return (_rebuild, (type(self), str(self), self.info))
+        return (_rebuild, (type(self), self.template, self.info))
 
 
 def _rebuild(cls, message, info):
@@ -77,16 +141,32 @@ class UnstableFactorizationError(BigspecError, np.linalg.LinAlgError):
     """LDL^T needs symmetric pivoting across more columns than the memory budget lets one task hold."""
 
 
-class SingularMatrixWarning(UserWarning):
+class ArgumentError(BigspecError, ValueError):
+    """An argument has a value bigspec cannot use (``memory="lots"``, ``scale=0``)."""
+
+
+class ArgumentTypeError(BigspecError, TypeError):
+    """An argument has the wrong type (``overwrite="no"``, ``shift="1e-3"``)."""
+
+
+class BigspecWarning(UserWarning):
+    """Base class of bigspec's warnings; like errors, they speak the user's interface."""
+
+    def __init__(self, message: str = ""):
+        self.template = str(message)
+        super().__init__(render(message))
+
+
+class SingularMatrixWarning(BigspecWarning):
     """The matrix is singular (an exact zero pivot: log|det| is -inf) or numerically singular
     (pivots below the rounding level: log|det| is set by rounding, not by the matrix)."""
 
 
-class GrowthWarning(UserWarning):
+class GrowthWarning(BigspecWarning):
     """The indefinite factorization shows large element growth; the result may be inaccurate."""
 
 
-class OverwriteWarning(UserWarning):
+class OverwriteWarning(BigspecWarning):
     """``overwrite=True`` is about to delete data at the target that is not a bigspec store."""
 
 
@@ -94,7 +174,7 @@ class KernelError(BigspecError, ValueError):
     """Unknown kernel, unknown or invalid kernel parameter, or data the kernel cannot take."""
 
 
-class WorkerLostWarning(UserWarning):
+class WorkerLostWarning(BigspecWarning):
     """A Dask worker left the cluster during a run; Dask re-runs its tasks on the others."""
 
 
@@ -105,7 +185,8 @@ class Interrupted(KeyboardInterrupt):
     """
 
     def __init__(self, message: str = "", **info):
-        super().__init__(message)
+        self.template = str(message)
+        super().__init__(render(message))
         self.info = info
         for key, value in info.items():
             setattr(self, key, value)

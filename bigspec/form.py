@@ -19,7 +19,7 @@ import numpy as np
 
 from . import config
 from .backend import check_device, to_device, to_host
-from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError
+from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError, arg
 from .kernels import get_kernel
 
 # zarr, dask and the store load on first use: ``bigspec.form`` is bound at ``import bigspec``
@@ -173,8 +173,9 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     else:
         b = min(check_tile_size(tile_size), N)
     if b % per:
-        raise TileSizeError(f"tile_size={b} must be a multiple of {per} (matrix rows per data point) so a sample's "
-                            f"{per}x{per} block is never split across tiles; try {max(per, b - b % per)}",
+        raise TileSizeError(f"{arg('tile_size', b)} must be a multiple of {per} (matrix rows per data point) so a "
+                            f"sample's {per}x{per} block is never split across tiles; try "
+                            f"{arg('tile_size', max(per, b - b % per))}",
                             tile_size=b)
     perm = permutation(n_samples, seed, shuffle)
     data = np.ascontiguousarray(k.prepare(np.asarray(X[perm], dtype=np.float64)))
@@ -241,7 +242,7 @@ def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, 
         if not same:
             raise StoreExistsError(
                 f"a matrix store already exists at {ms.url} with another kernel, data, seed or "
-                f"tile_size; pass overwrite=True (CLI --overwrite) to replace it, or choose another path",
+                f"tile_size; pass {arg('overwrite', True)} to replace it, or choose another path",
                 store=ms.url)
         logger.info("resuming %s: %d tiles already written", ms.url, len(ms.written_tiles()))
         return ms

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import config
-from .errors import IncompleteStoreError, InvalidMatrixError, NonFiniteError, StoreNotFoundError
+from .errors import IncompleteStoreError, InvalidMatrixError, NonFiniteError, StoreNotFoundError, arg, opt
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,18 @@ def symmetry_rtol(dtype) -> float:
 
 def check_triangle(triangle):
     if triangle not in TRIANGLES:
-        raise ValueError(f"triangle must be None (both triangles given, checked to agree), 'lower' or 'upper', "
+        from .errors import ArgumentError
+
+        raise ArgumentError(f"{arg('triangle')} must be None (both triangles given, checked to agree), 'lower' or 'upper', "
                          f"got {triangle!r}")
     return triangle
 
 
 def check_missing_chunks(missing_chunks):
     if missing_chunks not in MISSING_CHUNKS:
-        raise ValueError(f"missing_chunks must be 'error' or 'fill', got {missing_chunks!r}")
+        from .errors import ArgumentError
+
+        raise ArgumentError(f"{arg('missing_chunks')} must be 'error' or 'fill', got {missing_chunks!r}")
     return missing_chunks
 
 
@@ -169,11 +173,13 @@ def _load(A, storage_options, mode):
             hint = f"; pass one of its arrays, e.g. {loc.url.rstrip('/')}/{arrays[0]}" if arrays else ""
             raise InvalidMatrixError(
                 f"{loc.url} is a zarr group but not a bigspec store (it holds {', '.join(found.entries)})"
-                f"{hint}, or write a store with bigspec.from_array / `bigspec import`", path=loc.url) from None
+                f"{hint}, or write a store with " + opt("bigspec.from_array", "`bigspec import`"),
+                path=loc.url) from None
     if found.kind == "missing":
         raise StoreNotFoundError(
             f"no bigspec matrix store, zarr array or .npy file at {loc.url}: nothing is there; check the path "
-            f"(write a store with bigspec.from_array(A, path) or `bigspec import A.npy STORE`)", store=loc.url)
+            f"(write a store with " + opt("bigspec.from_array(A, path)", "`bigspec import A.npy STORE`") + ")",
+            store=loc.url)
     raise StoreNotFoundError(
         f"no bigspec matrix store, zarr array or .npy file at {loc.url}: it "
         + (f"holds other files ({', '.join(found.entries)})" if found.entries else "is an empty directory"),
@@ -270,13 +276,15 @@ def as_matrix(A, *, triangle=None, missing_chunks="error", storage_options=None,
     A = _load(A, storage_options, mode)
     if isinstance(A, MatrixStore):
         if triangle is not None:
-            raise ValueError(f"triangle={triangle!r} applies to arrays; the bigspec store {A.url} already "
-                             f"holds a symmetric matrix as its lower tiles")
+            from .errors import ArgumentError
+
+            raise ArgumentError(f"{arg('triangle', triangle)} applies to arrays; the bigspec store {A.url} already "
+                                f"holds a symmetric matrix as its lower tiles")
         if symmetric and not A.symmetric:
             raise InvalidMatrixError(
                 f"store {A.url} holds a non-symmetric matrix (written with symmetric=False); bigspec "
-                f"factors and samples symmetric matrices: rewrite it with bigspec.from_array(A, path) after "
-                f"symmetrizing A", store=A.url)
+                f"factors and samples symmetric matrices: write it again with "
+                + opt("bigspec.from_array(A, path)", "`bigspec import`") + " after symmetrizing A", store=A.url)
         check_dtype(A.dtype)
         A.check_complete()
         return Matrix(A.n, A.dtype, "store", A.view(), store=A, origin=A, label=f"store {A.url}")
@@ -339,12 +347,12 @@ def _check_chunks_written(A, triangle, symmetric):
         above = all(j * cc > min((i + 1) * cr, A.shape[0]) - 1 for i, j in missing)
         if below:
             hints.append("Every written chunk touches the upper triangle: if the matrix is stored as its upper "
-                         "triangle, pass triangle='upper' (CLI --triangle upper) to mirror it")
+                         f"triangle, pass {arg('triangle', 'upper')} to mirror it")
         elif above:
             hints.append("Every written chunk touches the lower triangle: if the matrix is stored as its lower "
-                         "triangle, pass triangle='lower' (CLI --triangle lower) to mirror it")
+                         f"triangle, pass {arg('triangle', 'lower')} to mirror it")
     hints.append(("I" if len(hints) == 0 else "i") + "f those chunks really equal the fill value (zarr does not store a chunk equal to its fill "
-                 "value), pass missing_chunks='fill' (CLI --missing-chunks fill); otherwise write them first")
+                 f"value), pass {arg('missing_chunks', 'fill')}; otherwise write them first")
     raise IncompleteStoreError(
         f"the zarr array at {where} has {len(missing)} of {len(want)} needed chunks that were never written, "
         f"which zarr would read as the fill value {fill}: {shown}. " + "; ".join(hints), missing=missing)
@@ -446,15 +454,15 @@ def _check_symmetric(stats, dtype, label):
              f"A[{c}, {r}] = {a_cr:.6g}) is the largest asymmetry, above the tolerance {rtol:g} * max|A| = {tol:.3g}")
     if stats["lower"] == 0.0 and stats["upper"] > 0.0:
         fix = ("its strict lower triangle is all zero, so it looks stored as its upper triangle: pass "
-               "triangle='upper' (CLI --triangle upper) to mirror that triangle; do not use (A + A.T) / 2, "
+               f"{arg('triangle', 'upper')} to mirror that triangle; do not use (A + A.T) / 2, "
                "which would halve the off-diagonal entries")
     elif stats["upper"] == 0.0 and stats["lower"] > 0.0:
         fix = ("its strict upper triangle is all zero, so it looks stored as its lower triangle: pass "
-               "triangle='lower' (CLI --triangle lower) to mirror that triangle; do not use (A + A.T) / 2, "
+               f"{arg('triangle', 'lower')} to mirror that triangle; do not use (A + A.T) / 2, "
                "which would halve the off-diagonal entries")
     else:
         fix = ("if the asymmetry is noise, symmetrize it first with (A + A.T) / 2; if one triangle holds the "
-               "matrix, pass triangle='lower' or 'upper' (CLI --triangle) to use only that one")
+               f"matrix, pass {arg('triangle', 'lower')} or {arg('triangle', 'upper')} to use only that one")
     raise InvalidMatrixError(f"{found}; {fix}", row=r, col=c, asymmetry=stats["diff"])
 
 

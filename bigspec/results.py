@@ -109,7 +109,38 @@ class LogdetResult(ResultMixin):
     #: bool (n,): True where the first m pivots are rows 0..m-1 (the prefix is a leading minor)
     leading_minor: np.ndarray = field(default=None, repr=False, compare=False)
 
-    _headline = ("sign", "logabsdet", "n", "method", "tile_size", "super_panels", "seconds")
+    _headline = ("sign", "logabsdet", "n", "kron_outputs", "method", "tile_size", "super_panels", "seconds")
+
+    @property
+    def matrix_rows(self) -> int:
+        """Order of the matrix whose log-determinant this is: ``n * kron_outputs``."""
+        return self.n * self.kron_outputs
+
+    @property
+    def matrix(self) -> str:
+        """What was factored, in words: ``"A (3000 x 3000)"`` or ``"K (x) I_10 (30000 x 30000; K is 3000 x 3000)"``."""
+        d, n = self.kron_outputs, self.n
+        if d == 1:
+            return f"A ({n} x {n})"
+        return f"K (x) I_{d} ({n * d} x {n * d}; K is {n} x {n}, stored; logdet = {d} logdet K)"
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["matrix_rows"], d["matrix"] = self.matrix_rows, self.matrix
+        return d
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        keys = [k for k in self._headline if k != "kron_outputs" or self.kron_outputs != 1]
+        head = ", ".join(f"{k}={d[k]!r}" for k in keys)
+        kron = f"; the matrix is {self.matrix}" if self.kron_outputs != 1 else ""
+        return f"LogdetResult({head}){kron}"
+
+    def _repr_html_(self) -> str:
+        import html as _html
+
+        caption = f"<p>log-determinant of {_html.escape(self.matrix)}</p>"
+        return caption + super()._repr_html_()
 
     @property
     def prefix_logdet(self) -> np.ndarray:
@@ -134,8 +165,8 @@ class LogdetResult(ResultMixin):
         """Plot the prefix log-determinants log|det A[:m, :m]| against m."""
         import matplotlib.pyplot as plt
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 3.5))
+        if ax is None:  # constrained layout keeps the labels inside the figure however it is saved
+            _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
         m = np.arange(1, self.n + 1)
         prefix = self.prefix_logdet
         known = np.isfinite(prefix) | np.isinf(prefix)       # NaN: not a leading minor (pivoting)

@@ -283,7 +283,7 @@ def _sibling(loc: Location) -> str:
 
 
 def prepare_target(store, *, overwrite: bool = False, storage_options: dict | None = None,
-                   inputs=(), what: str = "store", flag: str = "overwrite=True (CLI --overwrite)") -> zarr.Group:
+                   inputs=(), what: str = "store", flag: str | None = None) -> zarr.Group:
     """An empty zarr group at ``store``, ready for a new matrix store.
 
     A missing or empty target is created. A bigspec store, other zarr data or other files
@@ -300,6 +300,10 @@ def prepare_target(store, *, overwrite: bool = False, storage_options: dict | No
     from .validate import check_flag
 
     overwrite = check_flag(overwrite, "overwrite")
+    if flag is None:
+        from .errors import arg
+
+        flag = arg("overwrite", True)
     loc = locate(store, storage_options)
     check_not_input(loc, inputs, what)
     found = contents(store, storage_options)
@@ -317,7 +321,7 @@ def prepare_target(store, *, overwrite: bool = False, storage_options: dict | No
                 f", or pass {flag} to delete {'it' if found.kind == 'bigspec' else 'all of it'} and write there",
                 store=loc.url, kind=found.kind)
         what_is = "the bigspec store" if found.kind == "bigspec" else "what is not a bigspec store"
-        warnings.warn(f"overwrite=True: deleting {found.count} entr{'y' if found.count == 1 else 'ies'} at "
+        warnings.warn(f"{flag}: deleting {found.count} entr{'y' if found.count == 1 else 'ies'} at "
                       f"{loc.url}, {what_is}: {listing}", OverwriteWarning, stacklevel=3)
         _delete(loc)
     if loc.protocol is None:

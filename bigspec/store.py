@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from . import config
-from .errors import IncompleteStoreError, NonFiniteError, StoreNotFoundError, TileSizeError
+from .errors import IncompleteStoreError, NonFiniteError, StoreNotFoundError, TileSizeError, arg, opt
 from .matrix import check_dtype  # noqa: F401  (re-exported: the storage dtype of a matrix)
 from .storage import ATTRS_KEY, describe, has_consolidated, initialized_chunks, is_store, local_path, open_group, \
     refresh_consolidated
@@ -43,16 +43,18 @@ COMPUTE_ITEMSIZE = 8
 def check_tile_size(tile_size) -> int:
     """Validate a tile edge: a positive int whose square float64 tile stays below 2**31 bytes."""
     if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)):
-        raise TileSizeError(f"tile_size must be a positive integer (4096 is a good default), got {tile_size!r}")
+        raise TileSizeError(f"{arg('tile_size')} must be a positive integer (such as {arg('tile_size', 1024)}), "
+                            f"got {tile_size!r}", tile_size=tile_size)
     tile_size = int(tile_size)
     if tile_size < 1:
-        raise TileSizeError(f"tile_size must be a positive integer (4096 is a good default), got {tile_size}")
+        raise TileSizeError(f"{arg('tile_size')} must be a positive integer (such as {arg('tile_size', 1024)}), "
+                            f"got {tile_size}", tile_size=tile_size)
     if tile_size * tile_size * COMPUTE_ITEMSIZE > MAX_TILE_BYTES:
         largest = math.isqrt(MAX_TILE_BYTES // COMPUTE_ITEMSIZE)
         raise TileSizeError(
-            f"tile_size={tile_size} makes a {tile_size}x{tile_size} float64 tile of 2 GiB or more, which LAPACK "
-            f"cannot factor safely; use tile_size <= {largest} (4096 is a good default)"
-        )
+            f"{arg('tile_size', tile_size)} makes a {tile_size}x{tile_size} float64 tile of 2 GiB or more, which "
+            f"LAPACK cannot factor safely; use at most {arg('tile_size', largest)} (4096 is a good default)",
+            tile_size=tile_size)
     return tile_size
 
 
@@ -112,8 +114,8 @@ class MatrixStore:
         if "matrix" not in group or not meta:
             raise StoreNotFoundError(
                 f"{describe(group)} is not a bigspec matrix store (no 'matrix' array or "
-                f"'bigspec' attributes); create one with bigspec.from_array(...) or `bigspec import`"
-            )
+                f"'bigspec' attributes); create one with "
+                + opt("bigspec.from_array(A, path)", "`bigspec import A.npy PATH`"))
         self.n = int(meta["n"])
         self.tile_size = int(meta["tile_size"])
         self.dtype = np.dtype(meta["dtype"])
@@ -195,7 +197,7 @@ class MatrixStore:
                 f"store {self.url} is unfinished: {len(missing)} of "
                 f"{sum(1 for _ in self.stored_tiles())} tiles were never written "
                 f"(they hold the NaN fill): {shown}. Finish forming it (form again to resume) "
-                f"or rewrite it with bigspec.from_array(..., overwrite=True)",
+                f"or write it again with {opt('bigspec.from_array(A, path, overwrite=True)', '`bigspec import A.npy PATH --overwrite`')}",
                 missing=missing,
             )
 
@@ -255,12 +257,12 @@ def open_matrix(store, *, mode: str = "r+", storage_options: dict | None = None)
         detail = {"missing": "nothing is there: check the path",
                   "empty": "it is an empty directory",
                   "file": "it is a file",
-                  "zarr": "it holds zarr data that is not a bigspec store (a plain zarr array can be passed to "
-                          "bigspec.logdet / spectrum as it is, or copied into a store)",
+                  "zarr": "it holds zarr data that is not a bigspec store (a plain zarr array can be given to "
+                          + opt("bigspec.logdet / spectrum", "`bigspec logdet` / `spectrum`") + " as it is)",
                   "other": f"it holds other files ({', '.join(found.entries)})"}.get(found.kind, "")
         raise StoreNotFoundError(
-            f"no bigspec matrix store at {url}: {detail}; create one with bigspec.from_array(A, {str(store)!r}) "
-            f"or `bigspec import A.npy {store}`", store=str(store))
+            f"no bigspec matrix store at {url}: {detail}; create one with "
+            + opt(f"bigspec.from_array(A, {str(store)!r})", f"`bigspec import A.npy {store}`"), store=str(store))
     return MatrixStore(open_group(store, mode, storage_options))
 
 
@@ -364,7 +366,7 @@ def from_array(
     def interrupted():
         done = len(ms.written_tiles())
         return (f"wrote {done} of {tiles} tiles of {ms.url}, which is marked incomplete: write it again with "
-                f"overwrite=True (CLI --overwrite)")
+                f"{arg('overwrite', True)}")
 
     with Runner(client, progress=progress, label="bigspec import", unit="tiles", total=tiles,
                 interrupted=interrupted) as runner:

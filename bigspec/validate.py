@@ -1,6 +1,7 @@
 """Validators of the small arguments shared by several verbs (flags and numbers).
 
-Each raises ``TypeError`` / ``ValueError`` naming the argument, at the public entry, so a
+Each raises :class:`~bigspec.errors.ArgumentTypeError` / :class:`~bigspec.errors.ArgumentError`
+(a ``TypeError`` / ``ValueError``) naming the argument, at the public entry, so a
 string such as ``overwrite="no"`` is an error rather than a truthy value that deletes data.
 
 Examples
@@ -11,7 +12,7 @@ Examples
 >>> check_flag("no", "overwrite")
 Traceback (most recent call last):
 ...
-TypeError: overwrite must be True or False, got 'no'
+bigspec.errors.ArgumentTypeError: overwrite must be True or False, got 'no'
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numbers
 
 import numpy as np
 
+from .errors import ArgumentError, ArgumentTypeError, arg
+
 
 def check_flag(value, name: str, allow_none: bool = False):
     """``value`` as a bool; only True, False (and None where ``allow_none``) are accepted."""
@@ -29,25 +32,25 @@ def check_flag(value, name: str, allow_none: bool = False):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     choices = "True, False or None" if allow_none else "True or False"
-    raise TypeError(f"{name} must be {choices}, got {value!r}")
+    raise ArgumentTypeError(f"{arg(name)} must be {choices}, got {value!r}")
 
 
 def check_number(value, name: str) -> float:
     """``value`` as a finite float; strings and other objects are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+        raise ArgumentTypeError(f"{arg(name)} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise ArgumentError(f"{arg(name)} must be finite, got {value}")
     return value
 
 
 def check_seed(seed, name: str = "seed") -> int:
     """A seed for ``numpy.random.SeedSequence``: a non-negative integer."""
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name} must be a non-negative integer, got {seed!r}")
+        raise ArgumentTypeError(f"{arg(name)} must be a non-negative integer, got {seed!r}")
     if seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed}")
+        raise ArgumentError(f"{arg(name)} must be a non-negative integer, got {seed}")
     return int(seed)
 
 
@@ -64,13 +67,15 @@ def check_memory(memory):
         try:
             value = parse_bytes(memory)
         except ValueError:
-            raise ValueError(f"memory={memory!r} is not a size; use e.g. '4GiB', '500MB' or 'auto'") from None
+            raise ArgumentError(f"{arg('memory', memory)} is not a size; use e.g. {arg('memory', '4GiB')}, "
+                                f"{arg('memory', '500MB')} or {arg('memory', 'auto')}") from None
     elif isinstance(memory, (numbers.Real, np.integer, np.floating)) and not isinstance(memory, (bool, np.bool_)):
         value = memory
     else:
-        raise TypeError(f"memory must be 'auto', a size string like '4GiB' or a number of bytes, got {memory!r}")
+        raise ArgumentTypeError(f"memory must be 'auto', a size string like '4GiB' or a number of bytes, "
+                                f"got {memory!r}")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"memory must be a positive size, got {memory!r}")
+        raise ArgumentError(f"{arg('memory')} must be a positive size, got {memory!r}")
     return int(value)
 
 
@@ -81,10 +86,10 @@ def check_attrs(attrs) -> dict:
     if attrs is None:
         return {}
     if not isinstance(attrs, dict):
-        raise TypeError(f"attrs must be a dict of JSON-safe values, got {type(attrs).__name__}")
+        raise ArgumentTypeError(f"attrs must be a dict of JSON-safe values, got {type(attrs).__name__}")
     try:
         json.dumps(attrs, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"attrs must be a dict of JSON-safe values (str, numbers, bools, None, lists, dicts): "
+        raise ArgumentTypeError(f"attrs must be a dict of JSON-safe values (str, numbers, bools, None, lists, dicts): "
                         f"{e}") from None
     return dict(attrs)

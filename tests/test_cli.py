@@ -61,7 +61,8 @@ def test_dry_run_and_info(tmp_path, npy):
 
     right = bigspec.logdet(store, checkpoint=True).logabsdet          # recorded in the store's attributes
     r = CliRunner().invoke(cli, ["info", store])
-    assert r.exit_code == 0 and "n = 300, tile_size = 50" in r.output and "complete" in r.output
+    assert r.exit_code == 0 and "300 x 300 float64" in r.output and "50 x 50, 21 stored: complete" in r.output
+    assert "factor      ldl" in r.output and "{" not in r.output          # aligned fields, no dict reprs
     assert f"logabsdet {right!r}" in r.output and "GiB" in r.output
 
 

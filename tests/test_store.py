@@ -72,7 +72,7 @@ def test_errors(tmp_path, store_path):
         A[3, 0] = A[0, 3] = np.nan
         bigspec.from_array(A, store_path, tile_size=2)
     assert not os.path.exists(store_path)           # nothing is written before validation passes
-    with pytest.raises(TileSizeError, match="tile_size <= 16383"):
+    with pytest.raises(TileSizeError, match="use at most tile_size=16383"):
         bigspec.from_array(np.eye(3), store_path, tile_size=20000)
     with pytest.raises(TileSizeError, match="positive integer"):
         bigspec.from_array(np.eye(3), store_path, tile_size=0)

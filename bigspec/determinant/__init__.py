@@ -93,9 +93,9 @@ def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
     """
     method = method or None
     if method is not None and method not in EXACT_METHODS:
-        raise ValueError(
-            f"unknown method {method!r}; choose one of: {', '.join(EXACT_METHODS)}"
-        )
+        from ..errors import ArgumentError, arg
+
+        raise ArgumentError(f"unknown {arg('method')} {method!r}; choose one of: {', '.join(EXACT_METHODS)}")
     from .exact import exact_logdet
 
     return exact_logdet(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,

@@ -42,6 +42,8 @@ from .. import config
 from ..backend import check_device, namespace_of, release_freed_memory, to_device, to_host
 from ..cluster import require_visible, resolve_client, resources
 from ..errors import (
+    ArgumentError,
+    ArgumentTypeError,
     GrowthWarning,
     MemoryBudgetError,
     NonFiniteError,
@@ -49,6 +51,9 @@ from ..errors import (
     StoreExistsError,
     TileSizeError,
     UnstableFactorizationError,
+    arg,
+    kw,
+    opt,
 )
 from ..form import kron_outputs
 from ..matrix import as_matrix
@@ -395,21 +400,22 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
 def _check_scale_shift(scale, shift, n):
     scale = check_number(scale, "scale")
     if scale == 0.0:
-        raise ValueError("scale must be nonzero, got 0.0")
+        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
     if np.ndim(shift) == 0:
         shift = check_number(shift, "shift")
         return scale, (None if shift == 0.0 else shift)
     shift = np.asarray(shift)
     if shift.dtype.kind not in "biuf":
-        raise TypeError(f"shift must be a number or a vector of numbers of length n={n}, got dtype {shift.dtype}")
+        raise ArgumentTypeError(f"{arg('shift')} must be a number or a vector of numbers of length n={n}, got dtype "
+                                f"{shift.dtype}")
     shift = shift.astype(np.float64)
     if shift.shape != (n,):
-        raise ValueError(
-            f"shift must be a scalar or a vector of length n={n} (one value per diagonal entry), "
+        raise ArgumentError(
+            f"{arg('shift')} must be a scalar or a vector of length n={n} (one value per diagonal entry), "
             f"got shape {shift.shape}"
         )
     if not np.isfinite(shift).all():
-        raise ValueError("shift holds NaN or infinite values")
+        raise ArgumentError(f"{arg('shift')} holds NaN or infinite values")
     return scale, shift
 
 
@@ -445,11 +451,14 @@ class _Factor:
             logger.info("replacing a factorization of an older bigspec (factor schema %s)", meta.get("schema"))
             overwrite = True   # bigspec's own cache in an outdated layout, same settings: recompute it
         if differs and not overwrite:
+            names = {"method": "method", "params": "scale and shift", "tile_size": "tile_size", "n": "n",
+                     "dtype": "dtype", "schema": "factor layout"}
+            diff = "; ".join(f"{names[k]}: {_setting(k, meta.get(k))} there, {_setting(k, v)} now"
+                             for k, v in want.items() if meta.get(k) != v)
             raise StoreExistsError(
-                f"the store already holds a factorization with different settings "
-                f"(method={meta.get('method')}, {meta.get('params')}, tile_size={meta.get('tile_size')}, "
-                f"schema {meta.get('schema')}); pass overwrite=True (CLI --overwrite) to replace it, or "
-                f"checkpoint=False (CLI --no-checkpoint) to leave it", existing=meta)
+                f"the store keeps one factorization in factor/, and it was made with other settings ({diff}); "
+                f"pass {arg('overwrite', True)} to replace it ({meta.get('columns_done', 0)} tile columns of it are "
+                f"done), or {arg('checkpoint', False)} to factor without keeping this one", existing=meta)
         if not meta or overwrite or differs:
             for name in list(group.keys()):
                 del group[name]
@@ -526,7 +535,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     overwrite, dry_run = check_flag(overwrite, "overwrite"), check_flag(dry_run, "dry_run")
     method = method or config.get("method", "ldl")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)} for the exact logdet, got {method!r}")
+        raise ArgumentError(f"{arg('method')} must be one of {', '.join(METHODS)} for the exact logdet, got {method!r}")
     check_device(device)
     want_progress(progress)
     client = resolve_client(client)
@@ -536,17 +545,19 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     ms, n = m.store, m.n
     if ms is not None:
         if tile_size is not None and check_tile_size(tile_size) != ms.tile_size:
+            new = f"{ms.url.rstrip('/').removesuffix('.zarr')}-{tile_size}.zarr"
             raise TileSizeError(
-                f"tile_size={tile_size} does not match the store's tiles ({ms.tile_size}); omit tile_size "
-                f"(CLI --tile-size) to use the store's, or copy the store to new tiles with "
-                f"bigspec.from_array({ms.url!r}, NEW_PATH, tile_size={tile_size})",
+                f"{arg('tile_size', tile_size)} does not match the store's tiles ({ms.tile_size}); omit "
+                f"{arg('tile_size')} to use the store's, or copy the store to new tiles with "
+                + opt(f"bigspec.from_array({ms.url!r}, {new!r}, tile_size={tile_size})",
+                      f"`bigspec import {ms.url} {new} --tile-size {tile_size}`"),
                 tile_size=tile_size, store_tile_size=ms.tile_size)
         b = ms.tile_size
     else:
         b = min(check_tile_size(config.get("tile-size") if tile_size is None else tile_size), n)
         if checkpoint:
-            raise ValueError("checkpoint=True (CLI --checkpoint) needs a matrix store to keep the factor in; "
-                             "write one with bigspec.from_array(A, path) (CLI: bigspec import)")
+            raise ArgumentError(f"{arg('checkpoint', True)} needs a matrix store to keep the factor in; write one "
+                                f"with " + opt("bigspec.from_array(A, path)", "`bigspec import A.npy STORE`"))
     scale, shift = _check_scale_shift(scale, shift, n)
     workers, threads, worker_memory = resources(client)
     blas_threads = None
@@ -560,7 +571,8 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     while True:
         try:
             probe = make_plan(n, b, itemsize, method, budget, threads, workers, max_tasks=max_tasks,
-                              storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None)
+                              storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None,
+                              store_url=ms.url if ms is not None else None)
             break
         except MemoryBudgetError:
             if client is not None or threads <= 1 or config.get("threads", None):
@@ -602,8 +614,8 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
             return (f"factored {done} of {n} columns of {ms.url}, kept in its factor/; run the same command again to "
                     f"resume from column {done}")
         return (f"factored {done} of {n} columns; nothing is kept ("
-                + ("the matrix is not a store" if ms is None else "checkpoint=False, CLI --no-checkpoint")
-                + "): a new run starts over" + ("; checkpoint=True (CLI --checkpoint) keeps the factor to resume"
+                + ("the matrix is not a store" if ms is None else arg("checkpoint", False))
+                + "): a new run starts over" + (f"; {arg('checkpoint', True)} keeps the factor to resume"
                                                if ms is not None else ""))
 
     note = f"resumed: columns 0:{done_before} were factored before" if done_before else None
@@ -618,7 +630,8 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
                 # copy the validated matrix to a temporary store the workers read
                 tmp.append(tempfile.mkdtemp(prefix="bigspec-matrix-"))
                 require_visible(client, tmp[-1], "the temporary copy of the in-memory matrix",
-                                "write the matrix to shared storage first: bigspec.from_array(A, SHARED_PATH_OR_URL)")
+                                "write the matrix to shared storage first: "
+                                + opt("bigspec.from_array(A, SHARED_PATH_OR_URL)", "`bigspec import A.npy SHARED_PATH`"))
                 copy = create_matrix(zarr.open_group(f"{tmp[-1]}/matrix.zarr", mode="w"), n, b, m.dtype)
                 write_matrix(m, copy, Runner(client, progress=False, threads=threads))
                 source = copy.view()
@@ -741,7 +754,7 @@ def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=
             warnings.warn(
                 f"log|det| = -inf: an exact zero pivot at row {singular_at} with Bunch-Kaufman pivoting over "
                 f"the whole remaining matrix: the matrix is singular (rank deficient); add a ridge with "
-                f"shift= to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
+                f"{kw('shift')} to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
             break
         computed += 1
         infos = values[: len(g.infos)]
@@ -825,11 +838,19 @@ def _unstable(plan, row, growth, group, k0, k1, b):
     return UnstableFactorizationError(
         f"LDL^T met {what} even with Bunch-Kaufman pivoting across {width} columns: the matrix needs symmetric "
         f"pivoting across more columns than the memory budget ({format_bytes(plan.budget)}) lets one worker hold. "
-        f"Give it more memory (memory=, CLI --memory: pivoting over all {need} remaining columns needs about "
-        f"{format_bytes(3 * 8 * need * need)} more), reorder the matrix so that its leading blocks are well "
+        f"Give it more memory ({kw('memory')}: pivoting over all {need} remaining columns needs about "
+        f"{format_bytes(3 * 8 * need * need + plan.panel_memory(k0, k1))} in all, against "
+        f"{format_bytes(plan.budget)} now), reorder the matrix so that its leading blocks are well "
         f"conditioned (e.g. a saddle-point matrix with its constraint rows last, or a random symmetric "
-        f"permutation), or, if it is meant to be positive definite, use method='cholesky' with shift=",
+        f"permutation), or, if it is meant to be positive definite, use {arg('method', 'cholesky')} with "
+        f"{kw('shift')}",
         row=row, growth=growth, pivot_columns=width)
+
+
+def _setting(key, value):
+    if key == "params" and isinstance(value, str):
+        return value.replace(";", ", ")
+    return f"{value}"
 
 
 def _json_stats(stats):
@@ -873,7 +894,7 @@ def _result(*, ms, factor, method, b, budget, device, scale, shift, t_start, dty
         warnings.warn(
             f"the matrix is numerically singular: the smallest pivot is {ratio:.3g} of the largest "
             f"(min|d| = {lo:.3g}, max|d| = {hi:.3g}), below {tol:.3g} (n * eps), so log|det| = {logabsdet:.6g} is "
-            f"set by rounding, not by the matrix. Add a nugget with shift= (a ridge well above "
+            f"set by rounding, not by the matrix. Add a nugget with {kw('shift')} (a ridge well above "
             f"{tol * hi:.3g}) to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
     elif method == "ldl" and growth > GROWTH_RETRY:
         warnings.warn(

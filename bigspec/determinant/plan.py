@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from dask.utils import format_bytes
 
-from ..errors import MemoryBudgetError
+from ..errors import MemoryBudgetError, arg, opt
 
 
 def _tile_sizes(n: int, b: int) -> list[int]:
@@ -122,7 +122,7 @@ class Plan:
         if not self.panels and self.start_column >= self.n_tiles:
             return (f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}\n"
                     f"  nothing to compute: the store holds the complete factor for these settings, so logdet "
-                    f"returns its cached result (overwrite=True, CLI --overwrite, factors it again)")
+                    f"returns its cached result ({arg('overwrite', True)} factors it again)")
         return "\n".join([
             f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}",
             f"  super-panels: {s['super_panels']} of width {s['panel_width']}"
@@ -161,11 +161,12 @@ MIN_SUGGESTED_TILE = 32  # smaller tiles would be dominated by per-task overhead
 
 def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
               workers: int = 1, start_column: int = 0, write_factor: bool = True,
-              max_tasks: int = 100_000, storage_itemsize: int | None = None, store_tiles: bool = True) -> Plan:
+              max_tasks: int = 100_000, storage_itemsize: int | None = None, store_tiles: bool = True,
+              store_url: str | None = None) -> Plan:
     """Choose the widest super-panel that fits ``budget`` bytes (and ``max_tasks`` per graph).
 
-    ``store_tiles``: the tiles are a store's (fixed), so a MemoryBudgetError advises copying the
-    store to smaller tiles; otherwise it advises ``tile_size=``.
+    ``store_tiles``: the tiles are a store's (fixed, at ``store_url``), so a MemoryBudgetError
+    advises copying the store to smaller tiles; otherwise it advises ``tile_size=``.
     """
     b = tile_size
     nt = -(-n // b)
@@ -191,15 +192,20 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
             if smaller < MIN_SUGGESTED_TILE:
                 fix = f"no tile size of {MIN_SUGGESTED_TILE} or more fits this budget"
             elif store_tiles:
-                fix = (f"tile_size={smaller} would fit (tiles are fixed when a store is written: copy it with "
-                       f"bigspec.from_array(STORE, NEW_PATH, tile_size={smaller}), CLI `bigspec import`)")
+                src = store_url or "STORE"
+                new = f"{src.rstrip('/').removesuffix('.zarr')}-{smaller}.zarr"
+                fix = (f"or smaller tiles: a store's tiles are fixed when it is written, so write a copy with "
+                       f"{smaller}-row tiles, which fit: "
+                       + opt(f"bigspec.from_array({src!r}, {new!r}, tile_size={smaller})",
+                             f"`bigspec import {src} {new} --tile-size {smaller}`"))
             else:
-                fix = f"tile_size={smaller} (CLI --tile-size {smaller}) would fit"
+                fix = f"or smaller tiles: {arg('tile_size', smaller)} would fit"
             raise MemoryBudgetError(
                 f"memory budget {format_bytes(budget)} is too small for even one tile column of "
-                f"this {n} x {n} matrix with tile_size={b} on {threads} thread{'s' if threads > 1 else ''}: the "
-                f"minimum is {format_bytes(need)}; raise memory= (CLI --memory)"
-                f"{' or use fewer threads (workers with fewer threads)' if threads > 1 else ''}; {fix}",
+                f"this {n} x {n} matrix with {b}-row tiles on {threads} thread{'s' if threads > 1 else ''}: the "
+                f"minimum is {format_bytes(need)}; raise it ({arg('memory', format_bytes(need).replace(' ', ''))} "
+                f"or more)"
+                f"{', use fewer threads (workers with fewer threads)' if threads > 1 else ''}; {fix}",
                 budget=budget, minimum=need,
             )
         while lo < hi:                                  # largest w that fits

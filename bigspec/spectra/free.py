@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import BigspecError
+from ..errors import ArgumentError, ArgumentTypeError, BigspecError, BigspecWarning, arg
 from .chebyshev import DAMPING, ChebyshevDensity
 
 # -- the glue function ------------------------------------------------------------------
@@ -317,6 +317,54 @@ def _pool(eigenvalues, sample_size):
     return pooled, _integer(sample_size, "sample_size", 1), len(samples)
 
 
+def _check_options(damping, regime, glue, shift, scale, degree, grid, delta, atom_tol, support):
+    """Every option of :func:`free_decompress`, checked before any work (ArgumentError / ArgumentTypeError)."""
+    from ..validate import check_number
+
+    if damping not in DAMPING:
+        raise ArgumentError(f"unknown damping {damping!r}; use one of {sorted(DAMPING)}")
+    if regime not in ("auto", "bulk", "heavy-tailed"):
+        raise ArgumentError(f"unknown {arg('regime')} {regime!r}; use 'auto', 'bulk' or 'heavy-tailed'")
+    if glue != "auto" and glue != "pole-at-0" and glue not in GLUE_MODELS:
+        raise ArgumentError(f"unknown glue model {glue!r}; use 'auto', 'pole-at-0' or one of {sorted(GLUE_MODELS)}")
+    shift, scale = check_number(shift, "shift"), check_number(scale, "scale")
+    if scale == 0:
+        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
+    if degree is not None:
+        degree = _count(degree, "degree", 2)
+    if np.ndim(grid) == 0:
+        grid = _count(grid, "grid", 3)
+    else:
+        grid = np.asarray(grid)
+        if grid.ndim != 1 or grid.size < 3 or grid.dtype.kind not in "iuf" or not np.isfinite(grid).all():
+            raise ArgumentError(f"grid must be a number of points (>= 3) or a 1-D array of at least 3 finite "
+                                f"values, got shape {grid.shape} of {grid.dtype}")
+    delta = check_number(delta, "delta")
+    if not delta > 0:
+        raise ArgumentError(f"delta must be positive (the height above the real axis, relative to the span), got "
+                            f"{delta}")
+    atom_tol = check_number(atom_tol, "atom_tol")
+    if not 0 <= atom_tol < 1:
+        raise ArgumentError(f"atom_tol must be in [0, 1) (relative to max|x|), got {atom_tol}")
+    if support is not None:
+        try:
+            lo, hi = (check_number(v, "support") for v in support)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"support must be (lo, hi), two finite numbers, got {support!r}") from None
+        if not hi > lo:
+            raise ArgumentError(f"support must be (lo, hi) with lo < hi, got {support!r}")
+        support = (lo, hi)
+    return shift, scale, degree, grid, delta, atom_tol, support
+
+
+def _count(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"{arg(name)} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{arg(name)} must be at least {minimum}, got {value}")
+    return int(value)
+
+
 def _integer(value, name, minimum):
     """A count argument: an integer (or integral float) >= minimum, else InvalidSpectrumError."""
     try:
@@ -427,13 +475,8 @@ def free_decompress(eigenvalues, size, *, sample_size=None, support=None, degree
         raise InvalidSpectrumError(
             f"a sample of {n_s} eigenvalue(s) per submatrix cannot be decompressed to size {size}: sample "
             f"submatrices of at least 2 rows (only a 1 x 1 matrix is its own 1-row sample)")
-    if damping not in DAMPING:
-        raise ValueError(f"unknown damping {damping!r}; use one of {sorted(DAMPING)}")
-    if regime not in ("auto", "bulk", "heavy-tailed"):
-        raise ValueError(f"unknown regime {regime!r}; use 'auto', 'bulk' or 'heavy-tailed'")
-    shift, scale = float(shift), float(scale)
-    if not (math.isfinite(shift) and math.isfinite(scale)):
-        raise ValueError(f"shift and scale must be finite, got shift={shift!r}, scale={scale!r}")
+    shift, scale, degree, grid, delta, atom_tol, support = _check_options(
+        damping, regime, glue, shift, scale, degree, grid, delta, atom_tol, support)
     alpha = size / n_s
     pooled = scale * pooled
     mean = float(np.mean(pooled))
@@ -708,5 +751,5 @@ class InvalidSpectrumError(BigspecError, ValueError):
     """Eigenvalues or sizes that free decompression cannot use."""
 
 
-class DecompressionWarning(UserWarning):
+class DecompressionWarning(BigspecWarning):
     """The decompressed density is outside the regime where it is reliable."""

@@ -17,6 +17,9 @@ import numpy as np
 
 from ..results import ResultMixin
 
+#: the quantiles a summary reports
+QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+
 
 @dataclass(frozen=True, repr=False)
 class SpectrumResult(ResultMixin):
@@ -50,10 +53,15 @@ class SpectrumResult(ResultMixin):
 
     _headline = ("size", "sample_size", "n_samples", "alpha", "support", "atoms", "seconds")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, grid: bool = False) -> dict:
+        """JSON-safe summary (what ``--json`` prints); the density on its grid (``x``,
+        ``density``, ``grid`` points each) only with ``grid=True`` (CLI ``--grid``)."""
         d = super().to_dict()
-        d["x"], d["density"] = self.x.tolist(), self.density.tolist()
+        del d["x"], d["density"]
+        if grid:
+            d["x"], d["density"] = self.x.tolist(), self.density.tolist()
         d["mean"], d["variance"], d["trace"] = self.mean, self.variance, self.trace
+        d["quantiles"] = {str(q): float(v) for q, v in zip(QUANTILES, self.quantiles(QUANTILES))}
         return d
 
     # -- distribution ------------------------------------------------------------------
@@ -155,8 +163,8 @@ class SpectrumResult(ResultMixin):
         """
         import matplotlib.pyplot as plt
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 3.5))
+        if ax is None:  # constrained layout keeps the labels inside the figure however it is saved
+            _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
         ev = self.eigenvalues
         if log:
             pos = self.x > 0
@@ -173,6 +181,6 @@ class SpectrumResult(ResultMixin):
             ax.set_xlabel("eigenvalue")
         for loc, mass in self.atoms:
             ax.annotate(f"atom {mass:.3f} at {loc:.3g}", xy=(0.02, 0.92), xycoords="axes fraction", fontsize=8)
-        ax.set_ylabel("density")
+        ax.set_ylabel("density of log10 eigenvalue" if log else "density")
         ax.legend(fontsize=8)
         return ax

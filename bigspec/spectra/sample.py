@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
+from ..errors import ArgumentTypeError, BigspecWarning, arg
 from .free import InvalidSpectrumError, free_decompress
 
 
@@ -100,11 +101,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     client = resolve_client(client)
     if (A is None) == (kernel is None):
         raise TypeError("pass either a matrix A or kernel= and X=, not both (and not neither)")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
-        raise TypeError(f"n_samples must be an integer, got {n_samples!r}")
-    n_samples = int(n_samples)
-    if n_samples < 1:
-        raise InvalidSpectrumError(f"n_samples must be >= 1 (disjoint diagonal blocks to sample), got {n_samples}")
+    n_samples = check_counts(sample_size, n_samples)
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))):
         raise TypeError(f"size must be an integer (the order of the matrix to decompress to), got {size!r}")
     decompress = dict(regime=regime, shift=shift, scale=scale, degree=degree, support=support, damping=damping,
@@ -165,27 +162,50 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                            **decompress)
 
 
+def check_counts(sample_size, n_samples) -> int:
+    """``n_samples`` (an integer >= 1) and ``sample_size`` (None or an integer), before n is known."""
+    for name, value in (("n_samples", n_samples), ("sample_size", sample_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise ArgumentTypeError(f"{arg(name)} must be an integer, got {value!r}")
+    if n_samples is None or int(n_samples) < 1:
+        raise InvalidSpectrumError(f"{arg('n_samples')} must be at least 1 (disjoint diagonal blocks to sample), got "
+                                   f"{n_samples}")
+    return int(n_samples)
+
+
 def check_sample_size(sample_size, n, n_samples):
-    """The rows per sample for ``n_samples`` disjoint diagonal blocks of an n x n matrix (InvalidSpectrumError)."""
+    """The rows per sample for ``n_samples`` disjoint diagonal blocks of an n x n matrix.
+
+    Raises
+    ------
+    InvalidSpectrumError
+        The samples do not fit the matrix; the message says what would.
+    ArgumentTypeError
+        ``sample_size`` or ``n_samples`` is not an integer.
+    """
+    n_samples = check_counts(sample_size, n_samples)
     if n == 1 and n_samples == 1 and sample_size in (None, 1):
         return 1                      # the whole 1 x 1 matrix: its spectrum is exact
+    if n < 2:
+        raise InvalidSpectrumError(f"the matrix has {n} row(s): a spectrum needs samples of at least 2 rows")
     if n_samples > n // 2:
         raise InvalidSpectrumError(
-            f"n_samples={n_samples} disjoint samples of at least 2 rows need {2 * n_samples} rows, but the matrix has "
-            f"{n}; use n_samples <= {max(n // 2, 1)}" if n >= 2 else
-            f"the matrix has {n} row(s): a spectrum needs samples of at least 2 rows")
+            f"{arg('n_samples', n_samples)} disjoint samples of at least 2 rows need {2 * n_samples} rows, but the "
+            f"matrix has {n}; use at most {arg('n_samples', n // 2)}")
     if sample_size is None:
         sample_size = min(n // n_samples, 4096)
     sample_size = int(sample_size)
     if sample_size < 2:
-        raise InvalidSpectrumError(f"sample_size must be >= 2, got {sample_size}")
+        raise InvalidSpectrumError(f"{arg('sample_size')} must be at least 2, got {sample_size}")
     if sample_size * n_samples > n:
+        fixes = [arg("sample_size", n // n_samples)]
+        if n // sample_size >= 1:
+            fixes.append(arg("n_samples", n // sample_size))
         raise InvalidSpectrumError(
-            f"{n_samples} disjoint samples of {sample_size} rows need {sample_size * n_samples} rows, but the matrix "
-            f"has {n}; lower sample_size to at most {n // n_samples}"
-            + (f" or n_samples to at most {n // sample_size}" if n // sample_size >= 1 else ""))
+            f"{n_samples} disjoint sample{'s' if n_samples > 1 else ''} of {sample_size} rows need "
+            f"{sample_size * n_samples} rows, but the matrix has {n}; use " + " or ".join(fixes) + " or less")
     return sample_size
 
 
-class RandomOrderWarning(UserWarning):
+class RandomOrderWarning(BigspecWarning):
     """The store's rows are not in random order, so its diagonal blocks are not random samples."""
