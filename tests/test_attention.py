@@ -13,9 +13,28 @@ def seqs(n, s, d_in, seed):
 
 
 def kernel_matrix(k, X):
-    k.check_data(X)
+    k = k.bind(X)
     x = k.prepare(X)
     return k(x, x, diagonal=True)
+
+
+def mc_oracle(X, n_draws, draw_seed, draw_chunk, s_qk=1.0, s_vo=1.0, s_e=1.0):
+    """The shared-draw estimate written out draw by draw (mean pooling, no bias)."""
+    n, s, d_in = X.shape
+    phi = s_e * X / np.sqrt(d_in)
+    feats = []
+    for chunk in range(-(-n_draws // draw_chunk)):
+        count = min(draw_chunk, n_draws - chunk * draw_chunk)
+        M = np.random.default_rng(np.random.SeedSequence([draw_seed, chunk])).standard_normal((count, d_in, d_in))
+        for m in M:
+            F = np.empty((n, d_in))
+            for b in range(n):
+                p = s_qk * phi[b] @ m @ phi[b].T
+                w = np.exp(p - p.max(axis=1, keepdims=True))
+                w /= w.sum(axis=1, keepdims=True)
+                F[b] = (s_vo * w @ phi[b]).mean(axis=0)
+            feats.append(F)
+    return sum(F @ F.T for F in feats) / n_draws
 
 
 def finite_width_attention(X, width, heads, draws, s_qk, s_vo, seed):
@@ -96,10 +115,52 @@ def test_formed_matrix_is_psd_and_deterministic(tmp_path):
 
 def test_monte_carlo_error_halves_when_draws_quadruple():
     X = seqs(8, 3, 4, 8)
-    ref = kernel_matrix(get_kernel("attention", n_draws=65536, sigma_qk=2.0, seed=99), X)
+    ref = kernel_matrix(get_kernel("attention", n_draws=65536, sigma_qk=2.0, draw_seed=99), X)
     errs = []
     for m in (256, 1024, 4096):
-        est = [kernel_matrix(get_kernel("attention", n_draws=m, sigma_qk=2.0, seed=s), X) for s in range(6)]
+        est = [kernel_matrix(get_kernel("attention", n_draws=m, sigma_qk=2.0, draw_seed=s), X) for s in range(6)]
         errs.append(np.mean([np.linalg.norm(e - ref) for e in est]))
     ratios = np.array(errs[:-1]) / np.array(errs[1:])
     assert np.all((ratios > 1.4) & (ratios < 2.9)), ratios
+
+
+def test_draw_seed_seeds_the_draws():
+    X = seqs(6, 3, 2, 9)
+    for draw_seed in (0, 4):
+        k = get_kernel("attention", n_draws=50, draw_chunk=16, sigma_qk=2.5, sigma_vo=1.3, draw_seed=draw_seed)
+        ref = mc_oracle(X, 50, draw_seed, 16, s_qk=2.5, s_vo=1.3)
+        np.testing.assert_allclose(kernel_matrix(k, X), ref, rtol=1e-12, atol=1e-14)
+    # a real dependence: other draws give another estimate
+    assert np.abs(mc_oracle(X, 50, 0, 16, s_qk=2.5) - mc_oracle(X, 50, 4, 16, s_qk=2.5)).max() > 1e-3
+
+
+def test_form_takes_draw_seed_and_the_permutation_seed_apart(tmp_path):
+    X = seqs(9, 3, 2, 10)
+    ms = bigspec.form("attention", X, str(tmp_path / "a.zarr"), tile_size=4, seed=1, draw_seed=2, n_draws=40,
+                      sigma_qk=2.0)
+    spec = ms.attrs["kernel"]["params"]
+    assert spec["draw_seed"] == 2 and "seed" not in spec and ms.attrs["permutation"]["seed"] == 1
+    perm = ms.group["permutation"][:]
+    np.testing.assert_array_equal(perm, np.random.default_rng(np.random.SeedSequence(1)).permutation(9))
+    ref = mc_oracle(X[perm], 40, 2, 256, s_qk=2.0)
+    np.testing.assert_allclose(ms.read(0, 9, 0, 9), ref, rtol=1e-11, atol=1e-13)
+
+
+def test_bind_and_sample_outputs_leave_the_kernel_untouched():
+    import copy
+
+    X = seqs(5, 4, 3, 11)
+    k = get_kernel("attention", n_draws=20, sigma_qk=2.0, pool="none")
+    params, before = k.params, copy.deepcopy(k.params)
+    bound = k.bind(X)
+    x = bound.prepare(X)
+    K = bound(x, x, diagonal=True)
+    bound(x[:2], x[2:])
+    k.sample_outputs(X, 10, seed=0)
+    assert k.params is params and k.params == before and k.params["seq_len"] is None
+    assert bound.params["seq_len"] == 4 and bound.rows_per_sample() == 4 and K.shape == (20, 20)
+    # binding only sets seq_len: tiles are those of a kernel given seq_len directly, bit for bit
+    explicit = get_kernel("attention", n_draws=20, sigma_qk=2.0, pool="none", seq_len=4)
+    assert explicit(x, x, diagonal=True).tobytes() == K.tobytes()
+    with pytest.raises(bigspec.errors.KernelError, match="bind the kernel to the data first"):
+        k.rows_per_sample()

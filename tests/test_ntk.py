@@ -5,7 +5,7 @@ import pytest
 
 import bigspec
 from bigspec.errors import KernelError, TileSizeError
-from bigspec.testing import assert_logdet_close
+from bigspec.testing import KernelTests, assert_logdet_close
 
 pytestmark = pytest.mark.ntk  # CI's second step (after pip install ".[ntk]") runs these with -m ntk
 torch = pytest.importorskip("torch")
@@ -54,8 +54,7 @@ def test_mixed_precision_is_closer_than_float32():
     ref = autograd_ntk(small_cnn(torch.float64), X)
     errs = {}
     for precision in ("mixed", "float32"):
-        k = bigspec.kernels.get_kernel("ntk", model=small_cnn(torch.float32), precision=precision)
-        k.check_data(X)
+        k = bigspec.kernels.get_kernel("ntk", model=small_cnn(torch.float32), precision=precision).bind(X)
         errs[precision] = np.abs(k(X, X, diagonal=True) - ref).max() / np.abs(ref).max()
     assert errs["mixed"] < 1e-5
     assert errs["mixed"] < errs["float32"]
@@ -71,3 +70,55 @@ def test_ntk_bad_input(tmp_path):
         bigspec.form("ntk", np.zeros((8, 1, 6, 6)), str(tmp_path / "c.zarr"), model=net, tile_size=10)
     with pytest.raises(KernelError, match="torch.nn.Module"):
         bigspec.kernels.get_kernel("ntk", model="resnet")
+
+
+def model_image(net):
+    """Everything a caller could notice about a module: mode flags, dtypes, devices, weight and buffer bytes."""
+    return ([(name, m.training) for name, m in net.named_modules()],
+            [(name, t.dtype, t.device, t.detach().cpu().numpy().tobytes()) for name, t in net.state_dict().items()])
+
+
+@pytest.mark.parametrize("precision", ["mixed", "float64"])
+def test_bind_and_forming_leave_the_users_model_and_kernel_untouched(tmp_path, precision):
+    X = np.random.default_rng(2).standard_normal((7, 1, 6, 6))
+    net = small_cnn(torch.float32)
+    net.train()                                   # the user is training it: forming must not switch it
+    before = model_image(net)
+    k = bigspec.kernels.NTK(net, precision=precision, batch_size=4)
+    params = dict(k.params)
+    bound = k.bind(X)
+    bound(X[:3], X[3:])
+    k.check_data(X)                               # validation only
+    ms = bigspec.form(k, X, str(tmp_path / "k.zarr"), tile_size=6)
+    assert model_image(net) == before and net.training and net[1].training
+    assert k.params == params and k.n_outputs == 1 and k._input_shape is None and k.model is net
+    assert bound.n_outputs == 3 and bound._input_shape == (1, 6, 6) and bound.model is not net
+    assert bound.spec() == k.bind(X).spec() == ms.attrs["kernel"]
+    # evaluated in eval mode (running statistics), exactly like autograd on an eval-mode copy
+    perm = ms.group["permutation"][:]
+    tol = 1e-5 if precision == "mixed" else 1e-10
+    ref = autograd_ntk(small_cnn(torch.float32), X[perm])
+    np.testing.assert_allclose(ms.read(0, 21, 0, 21), ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_bound_tiles_equal_an_unbound_kernel_with_declared_outputs():
+    X = np.random.default_rng(3).standard_normal((6, 1, 6, 6))
+    net = small_cnn(torch.float64)
+    bound = bigspec.kernels.NTK(net, batch_size=4).bind(X)
+    declared = bigspec.kernels.NTK(net, n_outputs=3, batch_size=4)
+    assert bound(X, X, diagonal=True).tobytes() == declared(X, X, diagonal=True).tobytes()
+    assert bound(X[:2], X[2:]).tobytes() == declared(X[:2], X[2:]).tobytes()
+    assert net.training    # the unbound kernel evaluated a private eval-mode copy too
+    with pytest.raises(KernelError, match="n_outputs=1 but the model has 3 outputs; bind the kernel"):
+        bigspec.kernels.NTK(net, batch_size=4)(X, X)
+
+
+def test_ntk_needs_a_model_from_python():
+    with pytest.raises(KernelError, match=r"only be formed from Python.*bigspec\.kernels\.NTK\(model\)"):
+        bigspec.kernels.NTK()
+    assert "Python only" in bigspec.kernels.describe()
+
+
+class TestNTKKernel(KernelTests):
+    kernel = bigspec.kernels.NTK(small_cnn(torch.float64), batch_size=3)
+    X = np.random.default_rng(4).standard_normal((8, 1, 6, 6))

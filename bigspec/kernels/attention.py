@@ -7,7 +7,8 @@ is a non-Gaussian scale mixture, but its covariance is a kernel that does not de
     K(X, X') = s_vo^2 E[softmax(p) Sigma_XX' softmax(p')^T].
 
 It has no closed form, so it is computed by Monte Carlo with **shared draws**: with token
-features ``Phi_X`` (a factor of Sigma), draws ``M_m ~ N(0, I)`` (r x r) from one seed, and
+features ``Phi_X`` (a factor of Sigma), draws ``M_m ~ N(0, I)`` (r x r) from one seed
+(the parameter ``draw_seed``), and
 ``F_m(X) = s_vo softmax(s_qk Phi_X M_m Phi_X^T) Phi_X``, the estimate
 ``(1/M) sum_m F_m(X) F_m(X')^T`` is unbiased and an exact Gram matrix (positive
 semidefinite). Every tile regenerates the same draws, so the assembled matrix is one Gram
@@ -15,17 +16,19 @@ matrix and tiles are deterministic. Independent draws per tile would make it ind
 
 Inputs: X of shape (n, s, d_in), n sequences of s tokens. ``pool="mean"`` averages over
 positions (an n x n kernel); ``pool="none"`` keeps positions (row = sequence * s + position).
-The kernel is ``K (x) I_d`` over output coordinates.
+The kernel is ``K (x) I_d`` over output coordinates. ``bind(X)`` records the sequence length
+``seq_len`` on the bound kernel; ``prepare`` flattens X to (n, s * d_in), the layout of tiles.
 
 Examples
 --------
 >>> import numpy as np
 >>> from bigspec.kernels import get_kernel
->>> k = get_kernel("attention", n_draws=256)
 >>> X = np.random.default_rng(0).standard_normal((4, 3, 2))
->>> K = k(X.reshape(4, -1), X.reshape(4, -1), diagonal=True)
->>> bool(np.all(np.linalg.eigvalsh(K) > -1e-12))
-True
+>>> k = get_kernel("attention", n_draws=256, draw_seed=7).bind(X)
+>>> x = k.prepare(X)
+>>> K = k(x, x, diagonal=True)
+>>> K.shape, bool(np.all(np.linalg.eigvalsh(K) > -1e-12))
+((4, 4), True)
 """
 
 from __future__ import annotations
@@ -40,12 +43,34 @@ from .base import Kernel, KernelParameterError
 
 
 class Attention(Kernel):
-    """Infinite-width single attention layer kernel (shared-draw Monte Carlo, see module doc)."""
+    """Infinite-width single attention layer kernel (shared-draw Monte Carlo, see module doc).
+
+    Parameters
+    ----------
+    sigma_e, sigma_eb, sigma_qk, sigma_vo : float
+        Embedding scale and bias, query-key and value-output scales.
+    heads : int
+        Heads H (recorded; the kernel does not depend on it, only :meth:`sample_outputs` does).
+    n_draws : int
+        Monte-Carlo draws M of the scores.
+    draw_seed : int
+        Seed of those draws: the same draws in every tile (a data permutation seed is
+        ``bigspec.form``'s ``seed``, a different thing).
+    pool : {"mean", "none"}
+        Mean over positions (n x n) or one row per position (n s x n s).
+    seq_len : int, optional
+        Tokens per sequence; set by :meth:`bind` from X (a given value must match X).
+    draw_chunk : int
+        Draws evaluated together (memory only; the result does not depend on it).
+    n_outputs : int
+        d of ``K (x) I_d``.
+    """
 
     name = "attention"
     kron_identity = True
     defaults = {"sigma_e": 1.0, "sigma_eb": 0.0, "sigma_qk": 1.0, "sigma_vo": 1.0, "heads": 1,
-                "n_draws": 4096, "seed": 0, "pool": "mean", "seq_len": None, "draw_chunk": 256}
+                "n_draws": 4096, "draw_seed": 0, "pool": "mean", "seq_len": None, "draw_chunk": 256}
+    _renamed = {"seed": "draw_seed"}
 
     def check_params(self):
         p = self.params
@@ -59,19 +84,32 @@ class Attention(Kernel):
                 raise KernelParameterError(f"attention kernel: {name} must be a positive integer, got {p[name]!r}")
         if p["pool"] not in ("mean", "none"):
             raise KernelParameterError(f"attention kernel: pool must be 'mean' or 'none', got {p['pool']!r}")
+        if p["seq_len"] is not None and not (isinstance(p["seq_len"], (int, np.integer)) and p["seq_len"] >= 1):
+            raise KernelParameterError(f"attention kernel: seq_len must be a positive integer, got {p['seq_len']!r}")
 
     # -- data layout: form stores X flattened to (n, s * d_in); seq_len recovers the tokens
     def check_data(self, X) -> None:
         if X.ndim != 3:
             raise KernelError(
                 f"attention kernel needs X of shape (n_sequences, seq_len, d_in), got shape {X.shape}")
+        s = self.params["seq_len"]
+        if s is not None and int(s) != X.shape[1]:
+            raise KernelError(f"attention kernel: seq_len={s} but X has sequences of length {X.shape[1]} "
+                              f"(X has shape {X.shape}); leave seq_len unset to take it from X")
+
+    def _configure(self, X) -> None:
         self.params["seq_len"] = int(X.shape[1])
 
     def prepare(self, X):
         return X.reshape(X.shape[0], -1)
 
     def rows_per_sample(self) -> int:
-        return int(self.params["seq_len"]) if self.params["pool"] == "none" else 1
+        if self.params["pool"] != "none":
+            return 1
+        if self.params["seq_len"] is None:
+            raise KernelError("attention kernel with pool='none': the rows per sequence are its length; "
+                              "bind the kernel to the data first (kernel.bind(X))")
+        return int(self.params["seq_len"])
 
     def features(self, x):
         """Token features Phi (b, s, r): sigma_e u / sqrt(d_in), with sigma_eb appended as a bias."""
@@ -89,7 +127,7 @@ class Attention(Kernel):
         p = self.params
         start = chunk * p["draw_chunk"]
         count = min(p["draw_chunk"], p["n_draws"] - start)
-        rng = np.random.default_rng(np.random.SeedSequence([int(p["seed"]), chunk]))
+        rng = np.random.default_rng(np.random.SeedSequence([int(p["draw_seed"]), chunk]))
         return xp.asarray(rng.standard_normal((count, r, r)))
 
     def _pooled_features(self, phi, M):
@@ -123,20 +161,22 @@ class Attention(Kernel):
 
         y = H^{-1/2} sum_a softmax(p^a) Z^a with independent scores p^a and values
         Z^a ~ N(0, s_vo^2 Sigma) per head: the non-Gaussian law whose covariance is this kernel.
-        Returns (n_samples, n * s).
+        ``seed`` seeds these output draws (not the kernel's ``draw_seed``). Returns
+        (n_samples, n * s). The kernel is not modified.
         """
-        self.params["seq_len"] = X.shape[1]
-        phi = self.features(np.asarray(X, dtype=np.float64))                 # (n, s, r)
+        X = np.asarray(X, dtype=np.float64)
+        k = self.bind(X)
+        phi = k.features(X)                                                 # (n, s, r)
         n, s, r = phi.shape
         flat = phi.reshape(n * s, r)
         rng = np.random.default_rng(seed)
-        H = int(self.params["heads"])
+        H = int(k.params["heads"])
         out = np.zeros((n_samples, n * s))
         for _ in range(H):
             M = rng.standard_normal((n_samples, r, r))
-            scores = self.params["sigma_qk"] * np.einsum("bsr,crt,bqt->cbsq", phi, M, phi)
+            scores = k.params["sigma_qk"] * np.einsum("bsr,crt,bqt->cbsq", phi, M, phi)
             w = np.exp(scores - scores.max(-1, keepdims=True))
             w /= w.sum(-1, keepdims=True)
-            Z = self.params["sigma_vo"] * (rng.standard_normal((n_samples, r)) @ flat.T).reshape(n_samples, n, s)
+            Z = k.params["sigma_vo"] * (rng.standard_normal((n_samples, r)) @ flat.T).reshape(n_samples, n, s)
             out += np.einsum("cbsq,cbq->cbs", w, Z).reshape(n_samples, n * s)
         return out / math.sqrt(H)

@@ -5,27 +5,31 @@ Jacot, Gabriel & Hongler 2018 (arXiv:1806.07572); Novak, Sohl-Dickstein & Schoen
 
 ``K[(i, a), (j, b)] = <d f_a(x_i) / d theta, d f_b(x_j) / d theta>``, rows sample-major
 (row = sample * d + output). The model runs in eval mode (BatchNorm running statistics,
-no dropout) through ``torch.func.functional_call``; per-sample Jacobians come from
+no dropout) through ``torch.func.functional_call``, on a private copy: the caller's module
+is never switched to eval mode, moved or cast. ``bind(X)`` snapshots the weights (a deep
+copy) and infers the output count and input shape. Per-sample Jacobians come from
 ``vmap(jacrev)`` in fixed-size sub-batches (ragged ones padded), so a tile is a pure function
 of the weights and its own data rows. A tile keeps its row Jacobians and streams the column
 ones sub-batch by sub-batch. ``precision="mixed"`` (default) runs the model in its own dtype
 and contracts in float64: the all-float32 path measured 100x worse log-determinants.
 
-Needs the ``ntk`` extra (torch).
+Needs the ``ntk`` extra (torch), and a model object: it is formed from Python only
+(``bigspec.form(bigspec.kernels.NTK(model), X, store)``), not from the command line.
 
 Examples
 --------
 >>> import numpy as np, torch
 >>> from bigspec.kernels import get_kernel
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
->>> k = get_kernel("ntk", model=net)
 >>> x = np.random.default_rng(0).random((5, 3))
->>> k.check_data(x); k(x, x, diagonal=True).shape
-(10, 10)
+>>> k = get_kernel("ntk", model=net).bind(x)
+>>> k.n_outputs, k(x, x, diagonal=True).shape, net.training
+(2, (10, 10), True)
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -40,6 +44,9 @@ PRECISIONS = ("mixed", "float64", "float32")
 # stack asserts); tiles of one process take turns, each using torch's own intra-op threads.
 _TORCH_FUNC_LOCK = threading.Lock()
 
+NEEDS_MODEL = ("the ntk kernel needs a torch model object (model=<torch.nn.Module>), so it can only be formed from "
+               "Python, not from the command line: bigspec.form(bigspec.kernels.NTK(model), X, store)")
+
 
 def _torch():
     try:
@@ -51,18 +58,37 @@ def _torch():
 
 
 class NTK(Kernel):
-    """Empirical NTK of ``model`` with ``n_outputs`` outputs (inferred from the model if omitted)."""
+    """Empirical NTK of ``model`` with ``n_outputs`` outputs (inferred from the model if omitted).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Mapping a batch (b, *input_shape) to (b, n_outputs). Never modified: bigspec
+        evaluates a private copy in eval mode.
+    n_outputs : int, optional
+        Checked against the model's output count when bound; inferred if omitted.
+    precision : {"mixed", "float64", "float32"}
+        ``"mixed"``: the model in its own dtype, contraction in float64.
+    batch_size : int
+        Samples per Jacobian sub-batch.
+    cache_bytes : int
+        Per-process budget for cached column Jacobians.
+    """
 
     name = "ntk"
     kron_identity = False
     defaults = {"precision": "mixed", "batch_size": 8, "cache_bytes": 512 * 2**20}
 
     def __init__(self, model=None, n_outputs: int | None = None, **params):
+        if model is None:
+            raise KernelParameterError(NEEDS_MODEL)
+        if isinstance(model, (str, bytes, int, float)):   # e.g. --model resnet on the command line
+            raise KernelParameterError(f"{NEEDS_MODEL}; got model={model!r}")
         torch = _torch()
         if not isinstance(model, torch.nn.Module):
-            raise KernelParameterError(
-                f"the ntk kernel needs model=<torch.nn.Module>, got {type(model).__name__}")
-        self.model = model.eval()
+            raise KernelParameterError(f"{NEEDS_MODEL}; got model of type {type(model).__name__}")
+        self.model = model            # the caller's: read (weights, spec), never evaluated or changed
+        self._private = False         # True once self.model is this kernel's own copy (bind)
         self._declared_outputs = n_outputs
         super().__init__(n_outputs=n_outputs or 1, **params)
         self._input_shape = None
@@ -96,14 +122,30 @@ class NTK(Kernel):
         return spec
 
     def check_data(self, X) -> None:
-        """Run the model on one sample: clear errors for wrong shapes; infer n_outputs."""
+        """Run (a copy of) the model on one sample: clear errors for wrong shapes or output counts.
+
+        Validation only; :meth:`bind` returns the kernel configured for X.
+        """
+        self.bind(X)
+
+    def bind(self, X) -> NTK:
+        """A new kernel with a private copy of the model's weights, its output count and input shape.
+
+        Runs the copy on one sample, so wrong shapes fail here with a clear error.
+        """
         torch = _torch()
+        if not hasattr(X, "shape") or not hasattr(X, "ndim"):
+            X = np.asarray(X)
         if X.ndim < 2:
             raise KernelError(f"ntk kernel: X must have shape (n_samples, *input_shape), got {X.shape}")
-        x = torch.as_tensor(np.asarray(X[:1]), dtype=self._model_dtype())
+        bound = copy.copy(self)       # __getstate__: no caches shared with self
+        bound.params = dict(self.params)
+        bound.model = copy.deepcopy(self.model)
+        bound._private = True
+        x = torch.as_tensor(np.asarray(X[:1]), dtype=bound._model_dtype())
         try:
             with torch.no_grad():
-                out = self._module()(x)
+                out = bound._module()(x)
         except Exception as e:
             raise KernelError(
                 f"ntk kernel: the model cannot take inputs of shape {tuple(X.shape[1:])} "
@@ -114,22 +156,22 @@ class NTK(Kernel):
         d = int(out.shape[1])
         if self._declared_outputs not in (None, d):
             raise KernelError(f"ntk kernel: n_outputs={self._declared_outputs} but the model has {d} outputs")
-        self.n_outputs = d
-        self._input_shape = tuple(X.shape[1:])
+        bound.n_outputs = d
+        bound._input_shape = tuple(X.shape[1:])
+        return bound
 
     # -- computation ------------------------------------------------------------------
     def _module(self, device=None):
-        torch = _torch()
+        """The module evaluated: this kernel's own eval-mode copy, in the compute dtype, on ``device``."""
         dtype = self._model_dtype()
-        cache = getattr(self, "_cache", None)
+        cache = self.__dict__.get("_cache")
         key = (str(device), dtype)
         if cache is None or cache[0] != key:
             module = self.model
-            if any(p.dtype != dtype for p in module.parameters()) or device is not None:
-                import copy
-
+            private = getattr(self, "_private", False)
+            if not private or any(p.dtype != dtype for p in module.parameters()) or device is not None:
                 module = copy.deepcopy(self.model).to(dtype=dtype, device=device)
-            self._cache = (key, module.eval())
+            self._cache = (key, module.eval())   # never the caller's module (see bind)
         return self._cache[1]
 
     def __getstate__(self):
@@ -192,6 +234,10 @@ class NTK(Kernel):
         contract = torch.float32 if self.params["precision"] == "float32" else torch.float64
         d = self.n_outputs
         rows = self._jacobians(xr, module)
+        d_model = next(iter(rows[0].values())).shape[1] if rows and rows[0] else d
+        if d_model != d:
+            raise KernelError(f"ntk kernel: n_outputs={d} but the model has {d_model} outputs; bind the kernel "
+                              f"to the data first (kernel.bind(X)) to take the count from the model")
         out = torch.zeros((xr.shape[0] * d, xc.shape[0] * d), dtype=contract, device=device)
         bs = int(self.params["batch_size"])
         col_chunks = rows if diagonal else None
