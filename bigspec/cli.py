@@ -114,10 +114,10 @@ def cli(verbose):
 
 
 @cli.command()
-@click.argument("store", required=False)
+@click.argument("store", metavar="[MATRIX]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(store, as_json):
-    """Show the version, configuration, machine, and (given STORE) what a store holds."""
+    """Show the version, configuration, machine, and (given MATRIX) what a store, .npy file or zarr array holds."""
     import os
 
     import psutil
@@ -125,11 +125,19 @@ def info(store, as_json):
     out = {"version": __version__, "config": dict(_config()),
            "cpus": os.cpu_count(), "memory": psutil.virtual_memory().total}
     if store:
-        from .store import open_matrix
+        from .matrix import _load
+        from .store import MatrixStore
 
-        ms = open_matrix(store, mode="r")
-        out["store"] = {"url": ms.url, **ms.attrs, "tiles": sum(1 for _ in ms.stored_tiles()),
-                        "missing_tiles": len(ms.missing_tiles()), "factor": _factor_state(ms)}
+        found = _load(store, None, "r")          # a store, a memory-mapped .npy or a zarr array (not read)
+        if isinstance(found, MatrixStore):
+            ms = found
+            out["store"] = {"url": ms.url, **ms.attrs, "tiles": sum(1 for _ in ms.stored_tiles()),
+                            "missing_tiles": len(ms.missing_tiles()), "factor": _factor_state(ms)}
+        else:
+            chunks = getattr(found, "chunks", None)
+            out["array"] = {"path": store, "kind": "zarr array" if chunks is not None else ".npy file",
+                            "shape": list(found.shape), "dtype": str(found.dtype),
+                            "chunks": list(chunks) if chunks is not None else None}
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
@@ -154,6 +162,13 @@ def _format_info(out: dict) -> str:
 
     rows = [("bigspec", out["version"]), ("cpus", out["cpus"]), ("memory", format_bytes(out["memory"])),
             ("config", "  ".join(f"{k}={v}" for k, v in out["config"].items()))]
+    arr = out.get("array")
+    if arr:
+        rows += [(arr["kind"], arr["path"]),
+                 ("shape", f"{' x '.join(map(str, arr['shape']))} {arr['dtype']}"
+                           + (f", chunks {' x '.join(map(str, arr['chunks']))}" if arr["chunks"] else "")),
+                 ("use", "bigspec logdet / spectrum read it as it is (checked first); `bigspec import "
+                         f"{arr['path']} STORE` copies it into a store")]
     st = out.get("store")
     if st:
         n, b, tiles, missing = st["n"], st["tile_size"], st["tiles"], st["missing_tiles"]
@@ -369,7 +384,27 @@ def _parse_params(pairs, extra):
     return params
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+class _FormCommand(click.Command):
+    """``bigspec form``: its help ends with every known kernel and its parameters (read when shown)."""
+
+    def format_epilog(self, ctx, formatter):
+        from .kernels import describe
+
+        formatter.write_paragraph()
+        formatter.write_text("Kernels (KERNEL: layout; parameters with their defaults, set with --param K=V or "
+                             "--K V):")
+        import textwrap
+
+        with formatter.indentation():
+            width = max((formatter.width or 80) - formatter.current_indent, 40)
+            for line in describe().splitlines():
+                formatter.write_text("\b\n" + "\n".join(textwrap.wrap(line, width, subsequent_indent="    ")))
+        formatter.write_paragraph()
+        formatter.write_text("Forming into an existing store of the same kernel, data, seed and tile size resumes "
+                             "it (only missing tiles are computed); --overwrite starts over.")
+
+
+@cli.command(cls=_FormCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("kernel")
 @click.argument("data", type=click.Path(exists=True))
 @click.argument("store")
@@ -379,23 +414,19 @@ def _parse_params(pairs, extra):
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data permutation.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order (leading blocks are then not random samples).")
-@click.option("--resume", is_flag=True, help="Continue forming an unfinished store.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (one of the same kernel and data resumes).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @cluster_options
 @click.pass_context
-def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, resume, overwrite, as_json,
+def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, overwrite, as_json,
          scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Form the KERNEL matrix of DATA (.npy or Zarr) into STORE, one task per lower tile."""
     import time
 
     from .form import form as run_form
     from .kernels import get_kernel
-    from .storage import is_store
 
     kernel_obj = get_kernel(kernel, **_parse_params(params, ctx.args))  # bad names fail before any cluster
-    if is_store(store) and not (resume or overwrite):
-        raise click.UsageError(f"{store} exists: pass --resume to continue forming it or --overwrite to replace it")
     t0 = time.perf_counter()
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         ms = run_form(kernel_obj, data, store, tile_size=tile_size, dtype=dtype, seed=seed,

@@ -160,7 +160,7 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     X = _load_data(X)
     if X.ndim < 2 or X.shape[0] < 1:
         raise KernelError(f"X must have shape (n_samples, ...) with n_samples >= 1, got {X.shape}")
-    k = bind_kernel(k, X)
+    k = k.bind(X)                 # validated, configured for X; the caller's kernel is left as it was
     _check_finite(X)
     n_samples = int(X.shape[0])
     per = k.rows_per_sample()
@@ -196,8 +196,9 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
 
     def interrupted():
         done = len(ms.written_tiles())
-        return (f"formed {done} of {tiles} tiles of {ms.url}; run the same command again to form the other "
-                f"{tiles - done} (the tiles written are kept)")
+        again = f"run it again without {arg('overwrite', True)}" if overwrite else "run the same command again"
+        return (f"formed {done} of {tiles} tiles of {ms.url}, which are kept; {again} to form the other "
+                f"{tiles - done}")
 
     note = f"resumed: {before} of {tiles} tiles were formed before" if before else None
     with Runner(client, progress=progress, label=f"bigspec form {k.name}", unit="tiles", total=len(todo),
@@ -215,17 +216,6 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
             runner.run(dsk, keys, ticks=keys)
     ms.update_attrs(complete=True, formed_tiles=len(todo))
     return ms
-
-
-def bind_kernel(kernel, X):
-    """The kernel configured for data ``X`` (validated), leaving the caller's kernel unchanged."""
-    if hasattr(kernel, "bind"):
-        return kernel.bind(X)
-    import copy
-
-    kernel = copy.deepcopy(kernel)
-    kernel.check_data(X)
-    return kernel
 
 
 def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per, inputs=()):

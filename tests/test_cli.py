@@ -1,6 +1,7 @@
 """The command line as a user runs it: import, logdet --json, --dry-run, info, demo, exit codes."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import dask.config
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from distributed import Client
 
 from bigspec.cli import cli, main
 from bigspec.testing import make_spd
@@ -109,3 +111,116 @@ def test_entry_points_and_demo():
     assert res["relu_ntk"]["n"] == 700 and res["relu_ntk"]["kron_outputs"] == 10
     out = subprocess.run(["dask", "bigspec", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "logdet" in out.stdout
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    A = make_spd(300, seed=1)
+    np.save("A.npy", A)
+    bad = A.copy()
+    bad[5, 7] = bad[7, 5] = np.nan
+    np.save("nan.npy", bad)
+    asym = A.copy()
+    asym[5, 7] += 1.0
+    np.save("asym.npy", asym)
+    np.save("X.npy", np.random.default_rng(0).random((100, 3)))
+    import zarr
+
+    z = zarr.create_array("plain.zarr", shape=(300, 300), chunks=(100, 100), dtype="float64")
+    z[...] = A
+    return A
+
+
+# (command line, exit code, words the message must have, words it must not have): every error says
+# where and what to do in the CLI's own words (flags and commands, not Python arguments and calls)
+MESSAGES = [
+    ("import A.npy T.zarr --tile-size 0", 1, ["--tile-size must be a positive integer", "--tile-size 1024"],
+     ["tile_size", "from_array"]),
+    ("spectrum A.npy --samples 0", 1, ["--samples must be at least 1"], ["n_samples", "ZeroDivision"]),
+    ("spectrum A.npy --sample-size 200 --samples 2", 1, ["use --sample-size 150 or --samples 1 or less"],
+     ["at most 0", "sample_size"]),
+    ("spectrum A.npy --sample-size 400", 1, ["use --sample-size 300 or less"], ["--samples 0"]),
+    ("logdet nan.npy", 1, ["NaN at row 5, col 7"], ["tile ("]),
+    ("logdet asym.npy", 1, ["|A[5, 7] - A[7, 5]| = 1", "--triangle lower"], ["triangle='lower'"]),
+    ("logdet A.npy --checkpoint", 1, ["--checkpoint needs a matrix store", "`bigspec import A.npy STORE`"],
+     ["checkpoint=True", "from_array"]),
+    ("logdet A.npy --memory lots", 1, ["--memory lots is not a size", "--memory 4GiB"], ["memory="]),
+    ("form rbf K.zarr out.zarr", 1, ["is not a .npy file or a zarr array of data points"], ["node_type"]),
+    ("form ntk X.npy out.zarr", 1, ["needs a torch model", "Python"], ["NoneType"]),
+    ("spectrum K.zarr --plot K.zarr/zarr.json", 2, ["no image extension"], []),
+]
+
+
+@pytest.mark.parametrize("line, code, words, absent", MESSAGES, ids=[m[0] for m in MESSAGES])
+def test_messages_speak_the_command_line(files, line, code, words, absent, capsys):
+    assert run_main(["import", "A.npy", "K.zarr", "--tile-size", "100"]) == 0
+    capsys.readouterr()
+    assert run_main(line.split() + (LOCAL if line.split()[0] in ("logdet", "spectrum", "form") else [])) == code
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, (w, err)
+    for w in absent:
+        assert w not in err, (w, err)
+    assert "Traceback" not in err and not pathlib.Path("out.zarr").exists() and not pathlib.Path("T.zarr").exists()
+
+
+def test_factor_settings_and_small_budget_messages_give_working_commands(files, capsys):
+    A = files
+    assert run_main(["import", "A.npy", "K.zarr", "--tile-size", "100"]) == 0
+    assert run_main(["logdet", "K.zarr", "--checkpoint", *LOCAL]) == 0
+    capsys.readouterr()
+    assert run_main(["logdet", "K.zarr", "--checkpoint", "--shift", "1", *LOCAL]) == 1
+    err = capsys.readouterr().err
+    assert "shift=0 there, scale=1.0, shift=1.0 now" in err and "--overwrite" in err and "--no-checkpoint" in err
+    assert "checkpoint=False" not in err and "overwrite=True" not in err
+    # a budget too small for the store's tiles: the message's command writes a copy that fits
+    assert run_main(["logdet", "K.zarr", "--memory", "250kB", "--workers", "1", "--threads", "1",
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    command = err.split("`bigspec import ")[1].split("`")[0].split()
+    assert command[-2] == "--tile-size" and int(command[-1]) < 100
+    assert run_main(["import", *command]) == 0
+    capsys.readouterr()
+    assert run_main(["logdet", command[1], "--memory", "250kB", "--workers", "1", "--threads", "1", "--json",
+                     "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["super_panels"] > 1 and out["logabsdet"] == pytest.approx(np.linalg.slogdet(A)[1], rel=1e-12)
+    # the same error from Python speaks Python
+    import bigspec
+
+    with pytest.raises(bigspec.MemoryBudgetError, match=r"bigspec.from_array\('.*K.zarr', '.*K-\d+.zarr', "
+                                                        r"tile_size=\d+\)") as e:
+        with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
+            bigspec.logdet("K.zarr", memory="250kB", client=c)
+    assert "--" not in str(e.value)
+
+
+def test_form_help_info_and_spectrum_json(files, capsys):
+    r = CliRunner().invoke(cli, ["form", "--help"])
+    import bigspec.kernels
+
+    for name in bigspec.kernels.known_kernels():
+        assert f"  {name}: " in r.output
+    assert "lengthscale=1.0" in r.output and "draw_seed=0" in r.output and "Python only" in r.output
+    # forming again into the same store resumes (exit 0, nothing recomputed); another kernel is refused
+    assert run_main(["form", "rbf", "X.npy", "k.zarr", "--tile-size", "30", *LOCAL]) == 0
+    assert run_main(["form", "rbf", "X.npy", "k.zarr", "--tile-size", "30", "--json", *LOCAL]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[-1] or "{}") or True
+    assert run_main(["form", "matern", "X.npy", "k.zarr", "--tile-size", "30", *LOCAL]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    # info on a plain zarr array describes it
+    r = CliRunner().invoke(cli, ["info", "plain.zarr"])
+    assert r.exit_code == 0 and "zarr array" in r.output and "300 x 300 float64, chunks 100 x 100" in r.output
+    # spectrum --json is a summary; the grid only with --grid; --plot never replaces a file silently
+    assert run_main(["spectrum", "A.npy", "--sample-size", "100", "--json", *LOCAL]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "x" not in summary and "density" not in summary and "0.5" in summary["quantiles"]
+    assert run_main(["spectrum", "A.npy", "--sample-size", "100", "--json", "--grid", *LOCAL]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert len(full["x"]) == len(full["density"]) == full["settings"]["grid"]
+    pathlib.Path("s.png").write_bytes(b"mine")
+    assert run_main(["spectrum", "A.npy", "--sample-size", "100", "--plot", "s.png", *LOCAL]) == 1
+    assert "--overwrite" in capsys.readouterr().err and pathlib.Path("s.png").read_bytes() == b"mine"
+    assert run_main(["spectrum", "A.npy", "--sample-size", "100", "--plot", "s.png", "--overwrite", *LOCAL]) == 0
+    assert pathlib.Path("s.png").read_bytes()[:4] == b"\x89PNG"

@@ -146,4 +146,5 @@ def test_cli_form_then_logdet(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["logabsdet"] == pytest.approx(np.linalg.slogdet(K)[1], rel=1e-12)
     with pytest.raises(SystemExit) as e:
         main(["form", "relu", str(tmp_path / "X.npy"), store, *local])
-    assert e.value.code == 2  # exists: needs --resume or --overwrite
+    assert e.value.code == 1  # a store of other kernel parameters exists: a user error naming --overwrite
+    assert "--overwrite" in capsys.readouterr().err

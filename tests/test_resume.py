@@ -92,3 +92,34 @@ def test_killed_process_resumes(tmp_path):
     r = bigspec.logdet(path, method="ldl", memory=budget)
     assert r.panels_computed < r.super_panels
     assert_logdet_close(r, A, rtol=1e-10)
+
+
+def test_diagnostics_merge_over_every_run_of_a_resumed_job(tmp_path, monkeypatch):
+    """Growth and pivot diagnostics after a resume are those of all panels, not just the last run's:
+    the smallest pivot and the largest multiplier here sit in the first panel, factored before the
+    interruption."""
+    n, b = 240, 20
+    s = np.ones(n)
+    s[:b] = 1e-3                   # rows of the first tile scaled down: tiny pivots and large multipliers
+    A = make_spd(n, seed=3) * s[:, None] * s[None, :]
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=b)
+    budget = _budget(n, b, 6)
+    whole = bigspec.logdet(ms, memory=budget, checkpoint=False)
+    assert whole.super_panels >= 4
+
+    def interrupt(k0, k1):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exact, "_after_panel", interrupt)
+    with pytest.raises(bigspec.errors.Interrupted):
+        bigspec.logdet(ms, memory=budget, checkpoint=True)
+    monkeypatch.setattr(exact, "_after_panel", lambda k0, k1: None)
+    resumed = bigspec.logdet(ms, memory=budget, checkpoint=True)
+    assert resumed.panels_computed == resumed.super_panels - 1
+    assert_logdet_close(resumed, A, rtol=1e-10)
+    for key in ("min_abs_d", "max_abs_d", "max_abs_L", "growth"):
+        assert getattr(resumed, key) == pytest.approx(getattr(whole, key), rel=1e-12), key
+    later = bigspec.logdet(A[b:, b:], tile_size=b)           # what the later panels alone would show
+    assert whole.min_abs_d < 1e-3 * later.min_abs_d and whole.max_abs_L > 10 * later.max_abs_L
+    cached = bigspec.logdet(ms, memory=budget, checkpoint=True)       # the cached answer says the same
+    assert cached.cached and cached.min_abs_d == resumed.min_abs_d and cached.max_abs_L == resumed.max_abs_L

@@ -344,3 +344,21 @@ def test_cli_spectrum(tmp_path):
     out = CliRunner().invoke(cli, ["spectrum", str(tmp_path / "w.zarr"), "--sample-size", "400", "--samples", "2",
                                    "--workers", "1"])
     assert "support" in out.output
+
+
+def test_kernel_rows_per_sample_and_one_home_per_option():
+    """Decompression options are spectrum's own keywords; kernel parameters go to the kernel. A kernel
+    with several rows per data point (attention, pool='none': one row per token) is sampled in data
+    points and decompressed in matrix rows."""
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((60, 3, 2))
+    r = bigspec.spectrum(kernel="attention", X=tokens, sample_size=20, n_samples=2, pool="none", n_draws=64)
+    assert r.size == 180 and r.sample_size == 60 and r.eigenvalues.size == 120
+    X = rng.standard_normal((400, 3))
+    r = bigspec.spectrum(kernel="rbf", X=X, sample_size=100, n_samples=2, degree=20, regime="bulk",
+                         lengthscale=3.0)
+    assert r.settings["degree"] == 20 and r.settings["regime"] == "bulk"
+    with pytest.raises(TypeError, match="kernel parameters apply with kernel="):
+        bigspec.spectrum(np.eye(10), sample_size=4, lengthscale=3.0)
+    with pytest.raises(bigspec.kernels.KernelParameterError, match="unknown parameter"):
+        bigspec.spectrum(kernel="rbf", X=X, sample_size=100, bogus=1)

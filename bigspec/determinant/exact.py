@@ -611,8 +611,9 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     def interrupted():
         done = max(getattr(runner, "columns_done", 0), done_before)
         if use_store:
-            return (f"factored {done} of {n} columns of {ms.url}, kept in its factor/; run the same command again to "
-                    f"resume from column {done}")
+            again = f"run it again without {arg('overwrite', True)}" if overwrite else "run the same command again"
+            return (f"factored {done} of {n} columns of {ms.url}, kept in its factor/; {again} to resume from "
+                    f"column {done}")
         return (f"factored {done} of {n} columns; nothing is kept ("
                 + ("the matrix is not a store" if ms is None else arg("checkpoint", False))
                 + "): a new run starts over" + (f"; {arg('checkpoint', True)} keeps the factor to resume"

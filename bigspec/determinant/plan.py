@@ -186,9 +186,16 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
             need = _panel_memory(n, b, itemsize, threads, min(1, nt - 1), min(2, nt),
                                  _chunks(nt, min(1, nt - 1), min(2, nt), threads), ldl)
             need = max(need, _panel_memory(n, b, itemsize, threads, 0, 1, 1, ldl))
-            smaller = b // 2
-            while smaller >= 1 and _panel_memory(n, smaller, itemsize, threads, 0, 1, 1, ldl) > budget:
-                smaller //= 2
+            smaller, hi = 0, b - 1            # the largest tile edge whose first column fits (memory grows with it)
+            lo = MIN_SUGGESTED_TILE
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                if max(_panel_memory(n, mid, itemsize, threads, 0, 1, 1, ldl),
+                       _panel_memory(n, mid, itemsize, threads, 1, 2, _chunks(-(-n // mid), 1, 2, threads), ldl)
+                       if n > mid else 0) <= budget:
+                    smaller, lo = mid, mid + 1
+                else:
+                    hi = mid - 1
             if smaller < MIN_SUGGESTED_TILE:
                 fix = f"no tile size of {MIN_SUGGESTED_TILE} or more fits this budget"
             elif store_tiles:

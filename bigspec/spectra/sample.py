@@ -26,7 +26,7 @@ def _eigvalsh_block(block, device: str) -> np.ndarray:
 def _eigvalsh_kernel(kernel, data, device: str) -> np.ndarray:
     xp = get_namespace(device)
     x = xp.asarray(data)
-    return np.sort(to_host(xp.linalg.eigvalsh(xp.asarray(kernel.block(x, x, diagonal=True), dtype=xp.float64))))
+    return np.sort(to_host(xp.linalg.eigvalsh(xp.asarray(kernel(x, x, diagonal=True), dtype=xp.float64))))
 
 
 def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size=None, seed=0, client=None,
@@ -137,12 +137,12 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         source = ms.url if ms is not None else f"{m.kind} array"
         rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
     else:
-        from ..form import _check_finite, _load_data, bind_kernel
+        from ..form import _check_finite, _load_data
         from ..kernels import get_kernel
 
         k = get_kernel(kernel, **kernel_params)
         Xa = _load_data(X)
-        k = bind_kernel(k, Xa)
+        k = k.bind(Xa)
         _check_finite(Xa)
         n = int(Xa.shape[0])
         sample_size = check_sample_size(sample_size, n, n_samples)
@@ -152,7 +152,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         tasks = [dask.delayed(_eigvalsh_kernel)(k_key, data[np.sort(order[j * sample_size:(j + 1) * sample_size])],
                                                 device) for j in range(n_samples)]
         source = f"kernel {k.name}"
-        rows = 1 if k.kron_identity else k.n_outputs
+        rows = k.rows_per_sample()     # matrix rows per data point (K (x) I_d stores K: 1)
     with Runner(client, progress=progress, label="bigspec spectrum", unit="samples", total=n_samples,
                 interrupted=lambda: "no spectrum was computed; a spectrum writes nothing, so run it again") as runner:
         eigs = runner.compute(tasks, tick=True)
