@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import sys
+import threading
 import time
 import warnings
 
@@ -76,13 +79,40 @@ class Runner:
         self._futures = []
         self._workers = None
         self._reported = set()
+        self._interrupt = False
+        self._handler = None
 
     # -- context: the bar, and the interrupt -------------------------------------------
     def __enter__(self):
         self.bar.__enter__()
+        # Ctrl-C raises KeyboardInterrupt wherever the main thread is, and Python drops one raised
+        # inside a garbage-collector callback (distributed installs one): remember it, and raise it
+        # again at the next look (as each task finishes, or every 20 ms while waiting on a cluster)
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._handler = signal.signal(signal.SIGINT, self._on_interrupt)
+            self._unraisable, sys.unraisablehook = sys.unraisablehook, self._on_unraisable
         return self
 
+    def _on_unraisable(self, unraisable):
+        # the Ctrl-C that a callback swallowed is raised again by check_interrupt: no traceback for it
+        if not (self._interrupt and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            self._unraisable(unraisable)
+
+    def _on_interrupt(self, signum, frame):
+        self._interrupt = True
+        raise KeyboardInterrupt
+
+    def check_interrupt(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed during this run (even if it was swallowed)."""
+        if self._interrupt:
+            raise KeyboardInterrupt
+
     def __exit__(self, typ, exc, tb):
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)
+            sys.unraisablehook = self._unraisable
+            self._handler = None
         self.bar.__exit__(typ, exc, tb)
         if typ is not None and issubclass(typ, KeyboardInterrupt) and not isinstance(exc, Interrupted):
             self.cancel()
@@ -116,10 +146,14 @@ class Runner:
         ``ticks``: the keys whose completion advances the bar by one unit (default: none).
         """
         ticks = set() if ticks is None else set(ticks)
+        self.check_interrupt()
         if self.client is not None:
             futures = self.client.get(dsk, keys, sync=False)
-            return self._wait(futures, [k in ticks for k in keys])
-        return self._threaded(dsk, keys, ticks)
+            values = self._wait(futures, [k in ticks for k in keys])
+        else:
+            values = self._threaded(dsk, keys, ticks)
+        self.check_interrupt()
+        return values
 
     def compute(self, collections: list, tick: bool = False) -> list:
         """Compute dask collections (delayed objects, arrays); each delayed one advances the bar if ``tick``."""
@@ -144,18 +178,18 @@ class Runner:
         """The threaded scheduler's settings: BLAS threads per task, and a bar tick per finished key."""
         from dask.callbacks import Callback
 
-        bar = self.bar
+        bar, runner = self.bar, self
 
         class _Tick(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):
                 if key in ticks:
                     bar.advance(1)
+                runner.check_interrupt()
 
         # Measured on 2 cores: threaded BLAS inside each task beats one BLAS thread per task by
         # 1.6-2x (the cores share FMA units), so BLAS threads are left as configured.
         blas = config.get("blas-threads", None) or self.blas_threads
-        with threadpool_limits(blas, user_api="blas") if blas else contextlib.nullcontext(), \
-                (_Tick() if ticks else contextlib.nullcontext()):
+        with threadpool_limits(blas, user_api="blas") if blas else contextlib.nullcontext(), _Tick():
             yield
 
     def _wait(self, futures, tick_flags):
@@ -179,6 +213,7 @@ class Runner:
                 if f.key in ticking:
                     self.bar.advance(1)
             if not batch:
+                self.check_interrupt()
                 time.sleep(0.02)
             if time.monotonic() >= next_check:
                 self._check_cluster(mine)

@@ -148,3 +148,22 @@ def test_cli_form_then_logdet(tmp_path, capsys):
         main(["form", "relu", str(tmp_path / "X.npy"), store, *local])
     assert e.value.code == 1  # a store of other kernel parameters exists: a user error naming --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_form_picks_a_tile_size_its_budget_can_factor(tmp_path):
+    """Without tile_size, form gives a store tiles that the exact factorization can hold one column
+    of within the memory budget, so the store can always be factored out of core."""
+    import dask
+
+    X = np.random.default_rng(0).random((3000, 2))
+    with dask.config.set({"bigspec.memory": "6MB"}):          # the matrix is 72 MB
+        K = bigspec.form("matern", X, str(tmp_path / "k.zarr"), nu=1.5, lengthscale=0.3)
+        assert 32 <= K.tile_size < 1024
+        r = bigspec.logdet(K)
+        assert r.super_panels > 1 and r.memory_budget == 6_000_000
+        full = bigspec.form("matern", X, str(tmp_path / "k1024.zarr"), tile_size=1024, nu=1.5, lengthscale=0.3)
+        with pytest.raises(bigspec.MemoryBudgetError, match="tile_size="):   # what the default avoids
+            bigspec.logdet(full)
+    dense = K.read(0, 3000, 0, 3000)
+    assert r.logabsdet == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-11)
+    assert bigspec.form("rbf", X[:500], str(tmp_path / "small.zarr")).tile_size == 500   # one tile fits

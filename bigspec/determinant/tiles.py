@@ -29,7 +29,7 @@ import numpy as np
 from scipy.linalg import blas, lapack
 
 from ..backend import namespace_of, to_device, to_host
-from ..errors import NotPositiveDefiniteError
+from ..errors import NotPositiveDefiniteError, arg, kw
 
 
 class ZeroPivot(Exception):
@@ -107,8 +107,8 @@ def factor_diagonal(T, method: str, tile=(0, 0), offset: int = 0) -> DiagonalFac
             row = offset + info - 1
             raise NotPositiveDefiniteError(
                 f"the matrix is not positive definite: Cholesky met a non-positive pivot at row "
-                f"{row} (tile {tile}, local pivot {info - 1}); use method='ldl' for symmetric "
-                f"indefinite or semidefinite matrices, or add a ridge with shift=",
+                f"{row} (tile {tile}, local pivot {info - 1}); use {arg('method', 'ldl')} for symmetric "
+                f"indefinite or semidefinite matrices, or add a ridge with {kw('shift')}",
                 tile=tuple(tile), pivot=int(row),
             )
         diag = to_host(xp.diagonal(L)).astype(np.float64)
