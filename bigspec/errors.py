@@ -74,8 +74,10 @@ def cli_text(obj) -> str:
     return render(template, "cli") if template is not None else str(obj)
 
 
-class BigspecError(Exception):
-    """Base class of every bigspec error."""
+class Worded:
+    """Mixin of bigspec's errors, warnings and interrupts: a message written with :func:`opt`
+    (``str()`` gives its Python wording, :meth:`cli_message` the command line's) and keyword details
+    kept as attributes."""
 
     def __init__(self, message: str = "", **info):
         self.template = str(message)
@@ -87,6 +89,10 @@ class BigspecError(Exception):
     def cli_message(self) -> str:
         """The message as the command line says it (flags and commands instead of arguments and calls)."""
         return render(self.template, "cli")
+
+
+class BigspecError(Worded, Exception):
+    """Base class of every bigspec error."""
 
     def __reduce__(self):
         # keep keyword details when exceptions travel between Dask workers
@@ -149,12 +155,8 @@ class ArgumentTypeError(BigspecError, TypeError):
     """An argument has the wrong type (``overwrite="no"``, ``shift="1e-3"``)."""
 
 
-class BigspecWarning(UserWarning):
+class BigspecWarning(Worded, UserWarning):
     """Base class of bigspec's warnings; like errors, they speak the user's interface."""
-
-    def __init__(self, message: str = ""):
-        self.template = str(message)
-        super().__init__(render(message))
 
 
 class SingularMatrixWarning(BigspecWarning):
@@ -178,15 +180,8 @@ class WorkerLostWarning(BigspecWarning):
     """A Dask worker left the cluster during a run; Dask re-runs its tasks on the others."""
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(Worded, KeyboardInterrupt):
     """A run was interrupted (Ctrl-C); the message says what was finished and kept, and how to resume.
 
     A subclass of :class:`KeyboardInterrupt`, so ``except Exception`` does not swallow it.
     """
-
-    def __init__(self, message: str = "", **info):
-        self.template = str(message)
-        super().__init__(render(message))
-        self.info = info
-        for key, value in info.items():
-            setattr(self, key, value)
