@@ -21,7 +21,7 @@ import zarr
 
 import bigspec
 from bigspec.cli import main
-from bigspec.errors import IncompleteStoreError, InvalidMatrixError, NonFiniteError, StoreNotFoundError
+from bigspec.errors import IncompleteStoreError, InvalidMatrixError, KernelError, NonFiniteError, StoreNotFoundError
 from bigspec.store import open_matrix
 from bigspec.testing import make_spd
 
@@ -333,6 +333,24 @@ ARGUMENT_ERRORS = [
     ("logdet", {"memory": True}, TypeError, r"memory must be 'auto'"),
     ("logdet", {"method": "choleski"}, ValueError, r"unknown method 'choleski'; choose one of: ldl, cholesky"),
     ("logdet", {"triangle": "up"}, ValueError, r"triangle must be None.*'lower' or 'upper'"),
+    ("logdet", {"progress": "yes"}, TypeError, r"progress must be True, False or None"),
+    ("logdet", {"client": "tcp://127.0.0.1:8786"}, TypeError, r"client must be a distributed.Client"),
+    ("from_array", {"attrs": {"x": object()}}, TypeError, r"attrs must be a dict of JSON-safe values"),
+    ("from_array", {"attrs": ["x"]}, TypeError, r"attrs must be a dict"),
+    ("from_array", {"progress": 1}, TypeError, r"progress must be True, False or None"),
+    ("form", {"seed": -1}, ValueError, r"seed must be a non-negative integer"),
+    ("form", {"seed": "0"}, TypeError, r"seed must be a non-negative integer"),
+    ("form", {"client": object()}, TypeError, r"client must be a distributed.Client"),
+    ("form", {"tile_size": 7, "n_outputs": 2, "kron": False}, KernelError, r"unknown parameter"),
+    ("spectrum", {"shift": "0.1"}, TypeError, r"shift must be a number, got '0.1'"),
+    ("spectrum", {"degree": 1}, ValueError, r"degree must be at least 2"),
+    ("spectrum", {"grid": 2.5}, TypeError, r"grid must be an integer"),
+    ("spectrum", {"delta": 0}, ValueError, r"delta must be positive"),
+    ("spectrum", {"atom_tol": -1}, ValueError, r"atom_tol must be in \[0, 1\)"),
+    ("spectrum", {"glue": "spline"}, ValueError, r"unknown glue model 'spline'"),
+    ("spectrum", {"n_samples": 1.5}, TypeError, r"n_samples must be an integer"),
+    ("spectrum", {"size": "big"}, TypeError, r"size must be an integer"),
+    ("spectrum", {"seed": -3}, ValueError, r"seed must be a non-negative integer"),
 ]
 
 
@@ -345,7 +363,8 @@ def test_argument_errors(entry, kwargs, error, message, tmp_path):
     call = {"from_array": lambda: bigspec.from_array(A24, str(target), **kwargs),
             "form": lambda: bigspec.form("rbf", np.random.default_rng(0).uniform(size=(20, 2)), str(target),
                                          **kwargs),
-            "logdet": lambda: bigspec.logdet(A24, **kwargs)}[entry]
+            "logdet": lambda: bigspec.logdet(A24, **kwargs),
+            "spectrum": lambda: bigspec.spectrum(A24, sample_size=8, **kwargs)}[entry]
     with pytest.raises(error, match=message):
         call()
     assert sorted(os.listdir(target)) == ["thesis.tex"] and (target / "thesis.tex").read_text() == "mine"
