@@ -93,13 +93,6 @@ def _takes_n_workers(client) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
-def is_local(client) -> bool:
-    """Whether the scheduler runs on this machine (in-process or on loopback)."""
-    addr = str(getattr(client.scheduler, "address", ""))
-    return addr.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tls://127.", "tls://localhost",
-                            "tcp://[::1]", "tls://[::1]", "ucx://127."))
-
-
 def require_visible(client, path: str | None, what: str, fix: str) -> None:
     """Check that every worker of ``client`` sees the local directory ``path`` (workers read and write there).
 
@@ -324,5 +317,5 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
         raise
 
 
-__all__ = ["connect", "current_client", "resolve_client", "resources", "probe_scheduler", "is_local",
+__all__ = ["connect", "current_client", "resolve_client", "resources", "probe_scheduler",
            "require_visible", "connect_timeout"]
