@@ -188,8 +188,17 @@ def getitem(seq, i):
     return seq[i]
 
 
-def factor_task(T, method, tile, offset):
-    return tiles.factor_diagonal(T, method, tile, offset)
+# The tasks below overwrite their tile argument (LAPACK/BLAS in place) on Dask's threaded
+# scheduler, which never runs a task twice. On a distributed cluster a task whose result was
+# lost with its worker is run again from its inputs, which are held by reference (a getitem of
+# a row block's list, an assembled block): they must still be the inputs, so there (``pure``)
+# each task updates its own copy. Without this, a lost worker could apply an update twice.
+def _own(T, pure):
+    return T.copy() if pure else T
+
+
+def factor_task(T, method, tile, offset, pure=False):
+    return tiles.factor_diagonal(_own(T, pure), method, tile, offset)
 
 
 def diagonal_info(F: tiles.DiagonalFactor):
@@ -202,16 +211,16 @@ def diagonal_L(F: tiles.DiagonalFactor):
     return F.L
 
 
-def solve_task(T, F):
-    return tiles.solve_below(T, F)
+def solve_task(T, F, pure=False):
+    return tiles.solve_below(_own(T, pure), F)
 
 
 def scaled_task(L, F):
     return tiles.scale_by_D(L, F.D)
 
 
-def update_task(T, L_i, LD_j, diagonal, cholesky):
-    return tiles.update(T, L_i, LD_j, diagonal, cholesky)
+def update_task(T, L_i, LD_j, diagonal, cholesky, pure=False):
+    return tiles.update(_own(T, pure), L_i, LD_j, diagonal, cholesky)
 
 
 def stats_task(L, F, r0, r1, diagonal):
@@ -275,11 +284,12 @@ class PanelGraph:
 
 
 def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group=1, limit=math.inf,
-                prior_s=None, prior_scale=0.0, offset=0) -> PanelGraph:
+                prior_s=None, prior_scale=0.0, offset=0, pure=False) -> PanelGraph:
     """Task graph of one super-panel with pivot groups of ``group`` tile columns.
 
     With ``0 < offset < group`` the first group has ``offset`` tiles, which moves every group
     boundary (a 2x2 pivot block that a boundary would split then lies inside a group).
+    ``pure``: no task changes its inputs (for a distributed cluster, which may run a task again).
     """
     b, n, nt = plan.tile_size, plan.n, plan.n_tiles
     bounds = [(i * b, min((i + 1) * b, n)) for i in range(nt)]
@@ -340,7 +350,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
             dsk[diag_in] = (assemble, [[tile[i, j] for j in range(g0, i + 1)] for i in cols],
                             [bounds[i][1] - bounds[i][0] for i in cols])
         fkey = (name["factor"], g0)
-        dsk[fkey] = (factor_task, diag_in, plan.method, (g0, g0), start)
+        dsk[fkey] = (factor_task, diag_in, plan.method, (g0, g0), start, pure)
         dsk[(name["info"], g0)] = (diagonal_info, fkey)
         infos.append((name["info"], g0))
         Lkey = (name["L"], g0)
@@ -355,7 +365,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
                 strip_in = (name["strip"], i, g0)
                 dsk[strip_in] = (hstack, [tile[i, j] for j in cols])
             skey = (name["solve"], i, g0)
-            dsk[skey] = (solve_task, strip_in, fkey)
+            dsk[skey] = (solve_task, strip_in, fkey, pure)
             strips[i] = (skey, 0)
         for j in range(g1, k1):   # trailing tiles of the panel, right-looking over groups
             jkey = strips[j][0]
@@ -366,7 +376,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
                 dsk[ld] = (scaled_task, jkey, fkey)
             for i in range(j, nt):
                 key = (name["tile"], i, j, g1)
-                dsk[key] = (update_task, tile[i, j], strips[i][0], ld, i == j, cholesky)
+                dsk[key] = (update_task, tile[i, j], strips[i][0], ld, i == j, cholesky, pure)
                 tile[i, j] = key
         for i in range(g0, nt):
             src, off = strips[i]
@@ -717,7 +727,8 @@ def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=
             runner.rewind(mark)          # a panel factored again counts its tiles once
             can_widen = ldl and not widened and group < widest
             g = panel_graph(plan, k0, k1, source, arrays, scale, shift, device, write, group,
-                            GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"], offset)
+                            GROWTH_RETRY if can_widen else math.inf, s_rows[c:], stats["scale"], offset,
+                            pure=runner.client is not None)
             tasks += len(g.dsk)
             try:
                 values = runner.run(g.dsk, g.keys, ticks=g.outputs)
