@@ -60,23 +60,26 @@ def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
     """
     import distributed  # noqa: F401  (configures its loggers on import: set their level after that)
 
-    from .cluster import connect
+    from .cluster import connect, interrupts_held_back, workers_born_ignoring_interrupts
 
     with _distributed_log_level(logging.INFO if _verbosity() else logging.WARNING):
+        owned = not (scheduler or scheduler_file)
         try:
-            client = connect(scheduler, scheduler_file, workers=workers, threads=threads,
-                             memory_limit=memory_limit, gpu=gpu)
+            with workers_born_ignoring_interrupts() if owned and not gpu else contextlib.nullcontext():
+                client = connect(scheduler, scheduler_file, workers=workers, threads=threads,
+                                 memory_limit=memory_limit, gpu=gpu)
         except (BigspecError, ValueError, TypeError):
             raise
         except Exception as e:
             raise ClusterError(f"could not start or reach the Dask cluster: {e}") from e
-        owned = not (scheduler or scheduler_file)
         try:
             click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
             yield client
         except BaseException:
-            # an error or an interrupt: close without the shutdown chatter of the cluster we started
-            with _distributed_log_level(logging.CRITICAL), contextlib.suppress(Exception):
+            # an error or an interrupt: close without the shutdown chatter of the cluster we started,
+            # and without letting a second Ctrl-C leave it half closed
+            with interrupts_held_back(raise_after=False), _distributed_log_level(logging.CRITICAL), \
+                    contextlib.suppress(Exception):
                 if owned:
                     client.run(_quiet_worker, nanny=False)
                 client.close()
@@ -104,7 +107,38 @@ def _distributed_log_level(level):
         log.setLevel(before)
 
 
-@click.group(name="bigspec", context_settings={"help_option_names": ["-h", "--help"]})
+class BigspecGroup(click.Group):
+    """The command group, with bigspec's exit codes and one-line messages wherever it runs:
+    ``bigspec``, ``python -m bigspec`` and ``dask bigspec`` (which calls the group itself)."""
+
+    def invoke(self, ctx):
+        import warnings
+
+        from .runner import interrupt_handling
+
+        show, warnings.showwarning = warnings.showwarning, _show_warning
+        try:
+            with interrupt_handling():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            if ctx.find_root().command is not self:     # `dask bigspec`: this process ends here
+                _ignore_further_interrupts()
+            said = cli_text(e) if isinstance(e, Interrupted) and str(e) else "nothing was finished"
+            click.echo(f"\ninterrupted: {said}", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except ClusterError as e:
+            click.echo(f"error: {cli_text(e)}", err=True)
+            ctx.exit(EXIT_CLUSTER)
+        except click.exceptions.ClickException:
+            raise
+        except (BigspecError, ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+            click.echo(f"error: {cli_text(e)}", err=True)
+            ctx.exit(EXIT_USER)
+        finally:
+            warnings.showwarning = show
+
+
+@click.group(name="bigspec", cls=BigspecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bigspec")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose):
@@ -483,36 +517,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {cli_text(message)}", err=True)
 
 
-def _interrupted(e) -> None:
-    """Ctrl-C: one line (what was finished, how to resume), exit 130."""
-    said = cli_text(e) if isinstance(e, Interrupted) and str(e) else "nothing was finished"
-    click.echo(f"interrupted: {said}", err=True)
-    sys.exit(EXIT_INTERRUPTED)
-
-
 def main(argv=None) -> None:
-    """Console entry point with bigspec's exit codes; warnings print as one ``warning:`` line each."""
-    import warnings
-
-    show, warnings.showwarning = warnings.showwarning, _show_warning
+    """Console entry point: ``bigspec``. Exit codes: 0 ok, 1 user error, 2 usage, 3 cluster, 130 Ctrl-C."""
     try:
         rv = cli.main(args=argv, prog_name="bigspec", standalone_mode=False)
-    except KeyboardInterrupt as e:       # raised outside click's own handling
-        _interrupted(e)
     except click.exceptions.UsageError as e:
         e.show()
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort as e:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
-        _interrupted(e.__cause__)
-    except ClusterError as e:
-        click.echo(f"error: {cli_text(e)}", err=True)
-        sys.exit(EXIT_CLUSTER)
-    except (BigspecError, ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        click.echo(f"error: {cli_text(e)}", err=True)
-        sys.exit(EXIT_USER)
+    except click.exceptions.Abort:       # Ctrl-C outside a command (at a prompt, or while parsing)
+        click.echo("interrupted: nothing was finished", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.ClickException as e:
         e.show()
         sys.exit(EXIT_USER)
-    finally:
-        warnings.showwarning = show
+    if rv == EXIT_INTERRUPTED:
+        _ignore_further_interrupts()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _ignore_further_interrupts() -> None:
+    """After a Ctrl-C the command is ending: more presses must not cut short its exit (exit 130)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 
 from .errors import BackendUnavailableError, ClusterError
@@ -207,22 +208,90 @@ def _run_coroutine(coro):
     return out["value"]
 
 
-@contextlib.contextmanager
-def _workers_ignore_interrupts():
-    """Start worker processes with SIGINT ignored, so Ctrl-C reaches only this process.
+def dask_setup(worker):
+    """Worker preload of the clusters bigspec starts: the worker process ignores SIGINT.
 
-    The terminal sends SIGINT to every process of its foreground group, worker processes
-    included, each of which would print its own traceback; this process handles the interrupt
-    and closes the cluster. Python keeps an inherited SIG_IGN at start-up.
+    A terminal sends Ctrl-C to every process of its foreground group, worker processes
+    included, each of which would print its own traceback; the process that started the
+    cluster handles the interrupt and closes the cluster.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def workers_born_ignoring_interrupts():
+    """Worker processes of the local clusters started inside fork from a server that ignores SIGINT.
+
+    For the command line, whose process is bigspec's own: its local workers are then immune
+    to the terminal's Ctrl-C from birth (a worker spawned afresh ignores it only once its
+    preload has run, about a second later), and Ctrl-C is ignored only for the fraction of a
+    second the fork server takes to start.
+    """
+    import dask.config
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        from distributed.utils import get_mp_context
+
+        get_mp_context()                       # sets the fork server's preload (distributed)
+        if threading.current_thread() is threading.main_thread() and sys.platform != "win32":
+            import multiprocessing.forkserver
+
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        yield
+
+
+@contextlib.contextmanager
+def interrupts_held_back(raise_after: bool = True):
+    """Hold back Ctrl-C while a cluster starts or closes: raise it afterwards (``raise_after``), or
+    drop it (a second Ctrl-C while closing after the first), so a cluster is never left half
+    started or half closed."""
+    if threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGINT)):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _pressed[:] = pressed
+    if pressed and raise_after:
+        raise KeyboardInterrupt
+
+
+_pressed: list = []   # the Ctrl-C presses held back by the last interrupts_held_back()
+
+
+GUARD = ("worker processes start by importing the main script again: in a script, start the cluster under "
+         "`if __name__ == \"__main__\":`")
+
+
+def _start(make):
+    """A cluster from ``make()``, its workers ignoring SIGINT; a Ctrl-C meanwhile closes it and is raised."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ClusterError(f"bigspec.connect() ran while a worker process was starting; {GUARD}")
+    cluster = None
+    try:
+        with interrupts_held_back():
+            cluster = make()
+        return _new_client(cluster)
+    except RuntimeError as e:
+        if _pressed:
+            raise KeyboardInterrupt from None       # a worker that started just then died of the Ctrl-C
+        raise ClusterError(f"the local cluster could not start its workers ({e}); {GUARD}, and check the worker "
+                           f"log above") from None
+    except BaseException:
+        if cluster is not None:
+            with interrupts_held_back():
+                cluster.close()
+        raise
 
 
 def _new_client(cluster):
@@ -232,10 +301,14 @@ def _new_client(cluster):
         """A ``distributed.Client`` that closes the cluster bigspec started for it."""
 
         def close(self, *args, **kwargs):
-            try:
-                return super().close(*args, **kwargs)
-            finally:
-                cluster.close()
+            if self.status == "closed" and cluster.status.name == "closed":
+                return None
+            # closing after an error or a first Ctrl-C: a second one must not leave it half closed
+            with interrupts_held_back(raise_after=sys.exc_info()[0] is None):
+                try:
+                    return super().close(*args, **kwargs)
+                finally:
+                    cluster.close()
 
     return ClusterClient(cluster)
 
@@ -298,24 +371,16 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
             raise BackendUnavailableError(
                 "--gpu needs dask-cuda and cupy: pip install \".[gpu]\" in the bigspec checkout (cupy-cuda12x, dask-cuda)"
             ) from e
-        with _workers_ignore_interrupts():
-            cluster = LocalCUDACluster(threads_per_worker=threads or 1, memory_limit=memory_limit)
-        return _new_client(cluster)
+        return _start(lambda: LocalCUDACluster(threads_per_worker=threads or 1, memory_limit=memory_limit,
+                                               preload=[__name__]))
     cores = os.cpu_count() or 1
     n_workers = workers or (cores if processes else 1)
     n_threads = threads or max(1, cores // n_workers)
-    with _workers_ignore_interrupts():
-        # LocalCluster quiets the "distributed" logger while it runs and restores it when closed
-        cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=n_threads, processes=processes,
-            memory_limit=memory_limit, dashboard_address=":0" if dashboard else None,
-        )
-    try:
-        return _new_client(cluster)
-    except BaseException:
-        cluster.close()
-        raise
+    # LocalCluster quiets the "distributed" logger while it runs and restores it when closed
+    return _start(lambda: LocalCluster(
+        n_workers=n_workers, threads_per_worker=n_threads, processes=processes, memory_limit=memory_limit,
+        dashboard_address=":0" if dashboard else None, preload=[__name__] if processes else None))
 
 
-__all__ = ["connect", "current_client", "resolve_client", "resources", "probe_scheduler",
+__all__ = ["connect", "current_client", "resolve_client", "resources", "probe_scheduler", "interrupts_held_back",
            "require_visible", "connect_timeout"]

@@ -45,6 +45,51 @@ logger = logging.getLogger(__name__)
 HEALTH_INTERVAL = 1.0
 
 
+_pressed = threading.Event()   # Ctrl-C was pressed while interrupt_handling() was active
+
+
+def _on_interrupt(signum, frame):
+    _pressed.set()
+    raise KeyboardInterrupt
+
+
+def _on_unraisable(unraisable, previous=None):
+    # the Ctrl-C that a callback swallowed is raised again by check_interrupt: no traceback for it
+    if not (_pressed.is_set() and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+        (previous or sys.__unraisablehook__)(unraisable)
+
+
+@contextlib.contextmanager
+def interrupt_handling():
+    """Remember Ctrl-C, so that it is acted on even where Python drops it.
+
+    Ctrl-C raises KeyboardInterrupt wherever the main thread is, and Python drops one raised
+    inside a garbage-collector callback (distributed installs one); while this is active a
+    press is also remembered, and :func:`check_interrupt` raises it again (as each task
+    finishes, every 20 ms while waiting on a cluster, between graphs). Only Python's own
+    handler is replaced (a notebook's is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    _pressed.clear()
+    previous_hook = sys.unraisablehook
+    previous = signal.signal(signal.SIGINT, _on_interrupt)
+    sys.unraisablehook = lambda u: _on_unraisable(u, previous_hook)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed while :func:`interrupt_handling` was active."""
+    if _pressed.is_set():
+        raise KeyboardInterrupt
+
+
 class Runner:
     """Runs a verb's graphs with one progress bar, one interrupt behaviour and one cluster watch.
 
@@ -79,49 +124,35 @@ class Runner:
         self._futures = []
         self._workers = None
         self._reported = set()
-        self._interrupt = False
-        self._handler = None
+        self._handling = None
 
     # -- context: the bar, and the interrupt -------------------------------------------
     def __enter__(self):
         self.bar.__enter__()
-        # Ctrl-C raises KeyboardInterrupt wherever the main thread is, and Python drops one raised
-        # inside a garbage-collector callback (distributed installs one): remember it, and raise it
-        # again at the next look (as each task finishes, or every 20 ms while waiting on a cluster)
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._handler = signal.signal(signal.SIGINT, self._on_interrupt)
-            self._unraisable, sys.unraisablehook = sys.unraisablehook, self._on_unraisable
+        self._handling = interrupt_handling()
+        self._handling.__enter__()
         return self
-
-    def _on_unraisable(self, unraisable):
-        # the Ctrl-C that a callback swallowed is raised again by check_interrupt: no traceback for it
-        if not (self._interrupt and issubclass(unraisable.exc_type, KeyboardInterrupt)):
-            self._unraisable(unraisable)
-
-    def _on_interrupt(self, signum, frame):
-        self._interrupt = True
-        raise KeyboardInterrupt
 
     def check_interrupt(self) -> None:
         """Raise KeyboardInterrupt if Ctrl-C was pressed during this run (even if it was swallowed)."""
-        if self._interrupt:
-            raise KeyboardInterrupt
+        check_interrupt()
 
     def __exit__(self, typ, exc, tb):
-        if self._handler is not None:
-            signal.signal(signal.SIGINT, self._handler)
-            sys.unraisablehook = self._unraisable
-            self._handler = None
+        if self._handling is not None:
+            self._handling.__exit__(None, None, None)
+            self._handling = None
         self.bar.__exit__(typ, exc, tb)
         if typ is not None and issubclass(typ, KeyboardInterrupt) and not isinstance(exc, Interrupted):
-            self.cancel()
+            from .cluster import interrupts_held_back
+
             message = "interrupted"
-            if self.interrupted is not None:
-                try:
-                    message = self.interrupted()
-                except Exception as e:  # the store may be unreadable mid-interrupt: still say something
-                    logger.debug("could not describe the interrupted run: %s", e)
+            with interrupts_held_back(raise_after=False):     # a second Ctrl-C must not cut this short
+                self.cancel()
+                if self.interrupted is not None:
+                    try:
+                        message = self.interrupted()
+                    except Exception as e:  # the store may be unreadable mid-interrupt: still say something
+                        logger.debug("could not describe the interrupted run: %s", e)
             raise Interrupted(message) from None
         return False
 

@@ -192,6 +192,39 @@ def test_ctrl_c_prints_one_line_keeps_the_store_and_resumes(tmp_path):
     assert res["panels_computed"] < res["super_panels"]
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_the_cluster_starts_and_twice_in_a_row(tmp_path):
+    """A Ctrl-C pressed while the local cluster starts is acted on once it has started (the cluster is
+    closed, nothing runs); two in quick succession end in the same one line and exit 130, not a hang."""
+    A, path = _store(tmp_path)
+    p = subprocess.Popen(["bigspec", "logdet", path, "--memory", "12MB", "--workers", "2", "--threads", "1",
+                          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                         start_new_session=True)
+    time.sleep(0.8)                                   # importing, or starting the cluster
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "logabsdet" not in out and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted")
+    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "12MB", "--workers", "2", "--threads", "1",
+                                   "--no-progress"])
+    _wait_for(marker, p)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted: factored " in err and "resume from column" in err
+
+
+def test_dask_cli_plugin_has_the_same_exit_codes_and_messages(tmp_path):
+    _, path = _store(tmp_path, n=100, b=50)
+    for args, code, words in [(["--tile-size", "0"], 1, "--tile-size must be a positive integer"),
+                              (["--scheduler-file", "/no/such.json"], 3, "no scheduler file")]:
+        r = subprocess.run(["dask", "bigspec", "logdet", path, *args], capture_output=True, text=True, env=ENV,
+                           timeout=60)
+        assert r.returncode == code and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_interrupted_form_keeps_its_tiles_and_resumes(tmp_path):
     X = np.random.default_rng(0).random((600, 3))
     path = str(tmp_path / "k.zarr")
