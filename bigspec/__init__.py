@@ -14,11 +14,17 @@ from importlib import import_module
 
 from . import config  # noqa: F401  (registers the defaults in dask.config)
 from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
     BackendUnavailableError,
     BigspecError,
+    BigspecWarning,
+    ClusterError,
     GrowthWarning,
     IncompleteStoreError,
+    Interrupted,
     InvalidMatrixError,
+    KernelError,
     MemoryBudgetError,
     NonFiniteError,
     NotPositiveDefiniteError,
@@ -28,6 +34,7 @@ from .errors import (
     StoreNotFoundError,
     TileSizeError,
     UnstableFactorizationError,
+    WorkerLostWarning,
 )
 
 from .form import form  # noqa: E402  light: zarr and dask load on first call
@@ -51,7 +58,8 @@ _lazy = {
 }
 
 __all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",
-                  "BigspecError", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
+                  "BigspecError", "ArgumentError", "ArgumentTypeError", "BigspecWarning", "ClusterError",
+                  "Interrupted", "KernelError", "WorkerLostWarning", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
                   "InvalidMatrixError", "InvalidSpectrumError", "MemoryBudgetError", "NonFiniteError",
                   "NotPositiveDefiniteError", "OverwriteWarning", "SingularMatrixWarning", "StoreExistsError",
                   "StoreNotFoundError", "TileSizeError", "UnstableFactorizationError", "__version__"])

@@ -202,7 +202,10 @@ def _format_info(out: dict) -> str:
                  ("shape", f"{' x '.join(map(str, arr['shape']))} {arr['dtype']}"
                            + (f", chunks {' x '.join(map(str, arr['chunks']))}" if arr["chunks"] else "")),
                  ("use", "bigspec logdet / spectrum read it as it is (checked first); `bigspec import "
-                         f"{arr['path']} STORE` copies it into a store")]
+                         f"{arr['path']} STORE` copies it into a store" if len(arr["shape"]) == 2 and
+                  arr["shape"][0] == arr["shape"][1] else
+                  "not a square matrix: as data points (n_samples, ...) it is what `bigspec form KERNEL "
+                  f"{arr['path']} STORE` takes")]
     st = out.get("store")
     if st:
         n, b, tiles, missing = st["n"], st["tile_size"], st["tiles"], st["missing_tiles"]
@@ -304,6 +307,10 @@ def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chu
 
     # every argument is checked before a cluster starts
     check_memory(memory)
+    if scale == 0:
+        from .errors import ArgumentError, arg
+
+        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
     if tile_size is not None:
         check_tile_size(tile_size)
     source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+")
@@ -352,6 +359,8 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
 
     from .spectra.sample import check_sample_size
 
+    if with_grid and not as_json:
+        raise click.UsageError("--grid adds the density to the JSON output: use it with --json")
     matrix = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks)  # errors before a cluster
     check_sample_size(sample_size, matrix.n, n_samples)
     if plot_path:

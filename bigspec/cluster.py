@@ -167,6 +167,7 @@ def probe_scheduler(address: str, timeout: float | None = None, security=None) -
     answers (a wrong port, a process that is not a scheduler); this bounds every step.
     """
     timeout = connect_timeout() if timeout is None else float(timeout)
+    _refused_at_once(address)
 
     async def bounded():
         return await asyncio.wait_for(_probe(address, timeout, security), timeout)
@@ -184,6 +185,30 @@ def probe_scheduler(address: str, timeout: float | None = None, security=None) -
         raise ClusterError(f"{address} is not a Dask scheduler" + (f" (it is a {kind})" if kind else "")
                            + "; give the scheduler's address (tcp://HOST:8786)")
     return identity
+
+
+def _refused_at_once(address: str) -> None:
+    """A tcp:// address where nothing listens is a ClusterError at once (distributed retries until its
+    connect timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not address.startswith("tcp://"):
+        return
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+    except ConnectionRefusedError:
+        raise ClusterError(f"nothing listens at {address}: no Dask scheduler runs there (connection refused); "
+                           f"start one with `dask scheduler`, or check the address") from None
+    except OSError:
+        return   # unreachable or slow: the bounded probe says so
 
 
 def _run_coroutine(coro):

@@ -62,6 +62,14 @@ def kw(name: str) -> str:
     return opt(f"{name}=", FLAGS.get(name, f"{name}="))
 
 
+def again(overwrite: bool = False) -> str:
+    """How to resume, in a message: "call it again" from Python, "run the same command again" on the
+    command line (without ``overwrite``, which would start over)."""
+    if overwrite:
+        return opt("call it again without overwrite=True", "run it again without --overwrite")
+    return opt("call it again", "run the same command again")
+
+
 def render(text: str, interface: str = "python") -> str:
     """A message with its :func:`opt` parts written for ``interface`` ("python" or "cli")."""
     group = 2 if interface == "cli" else 1

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import config
 from .backend import check_device, to_device, to_host
-from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError, arg
+from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError, again, arg
 from .kernels import get_kernel
 
 # zarr, dask and the store load on first use: ``bigspec.form`` is bound at ``import bigspec``
@@ -195,13 +195,12 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     kernel_key = f"bigspec-kernel-{tok}"  # one copy of the kernel (and a model's weights) per worker
 
     def interrupted():
-        done = len(ms.written_tiles())
-        again = f"run it again without {arg('overwrite', True)}" if overwrite else "run the same command again"
-        return (f"formed {done} of {tiles} tiles of {ms.url}, which are kept; {again} to form the other "
-                f"{tiles - done}")
+        done = len(ms.written_tiles())     # tasks still running may add a few before the process ends
+        return (f"formed at least {done} of {tiles} tiles of {ms.url}, which are kept; {again(overwrite)} to form "
+                f"the others")
 
-    note = f"resumed: {before} of {tiles} tiles were formed before" if before else None
-    with Runner(client, progress=progress, label=f"bigspec form {k.name}", unit="tiles", total=len(todo),
+    note = "resumed" if before else None
+    with Runner(client, progress=progress, label=f"bigspec form {k.name}", unit="tiles", total=tiles, done=before,
                 note=note, threads=threads, interrupted=interrupted) as runner:
         if ms.local_path is not None:
             require_visible(client, ms.local_path, f"the store {ms.url}",
@@ -226,14 +225,26 @@ def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, 
     if contents(store, storage_options).kind == "bigspec" and not overwrite:
         ms = MatrixStore(open_group(store, "r+", storage_options))
         old = ms.attrs
-        same = (old.get("kernel") == meta["kernel"] and old.get("data_sha1") == meta["data_sha1"]
-                and old.get("permutation") == meta["permutation"] and ms.tile_size == b
-                and ms.dtype == dtype and ms.n == N)
-        if not same:
+        theirs = {"kernel": old.get("kernel"), "data": old.get("data_sha1"), "order": old.get("permutation"),
+                  "tile_size": ms.tile_size, "dtype": str(ms.dtype), "rows": ms.n}
+        mine = {"kernel": meta["kernel"], "data": meta["data_sha1"], "order": meta["permutation"], "tile_size": b,
+                "dtype": str(np.dtype(dtype)), "rows": N}
+        differ = [k for k in mine if theirs[k] != mine[k]]
+        if differ:
+            def show(key, value):
+                if key == "kernel" and isinstance(value, dict):
+                    params = ", ".join(f"{k}={v}" for k, v in (value.get("params") or {}).items())
+                    return f"{value.get('name')} ({params})"
+                if key == "data":
+                    return f"data sha1 {str(value)[:10]}" if value else "unknown data"
+                if key == "order" and isinstance(value, dict):
+                    return f"seed {value.get('seed')}" + ("" if value.get("shuffle", True) else ", not shuffled")
+                return str(value)
+
+            diff = "; ".join(f"{k}: {show(k, theirs[k])} there, {show(k, mine[k])} now" for k in differ)
             raise StoreExistsError(
-                f"a matrix store already exists at {ms.url} with another kernel, data, seed or "
-                f"tile_size; pass {arg('overwrite', True)} to replace it, or choose another path",
-                store=ms.url)
+                f"a matrix store of another matrix already exists at {ms.url} ({diff}); pass "
+                f"{arg('overwrite', True)} to replace it, or choose another path", store=ms.url, differ=differ)
         logger.info("resuming %s: %d tiles already written", ms.url, len(ms.written_tiles()))
         return ms
     group = prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=inputs)

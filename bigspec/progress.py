@@ -37,14 +37,14 @@ class Progress:
     """A thread-safe text progress bar on stderr: ``label: [###   ] 40.0% 54/136 tiles  3.2s (note)``."""
 
     def __init__(self, total: int, label: str = "bigspec", enabled: bool = True, width: int = 30,
-                 unit: str = "tasks", note: str | None = None):
+                 unit: str = "tasks", note: str | None = None, done: int = 0):
         self.total = max(int(total), 1)
         self.label = label
         self.enabled = enabled
         self.width = width
         self.unit = unit
         self.note = note
-        self.done = 0
+        self.done = int(done)                  # already done before this run (a resume)
         self._lock = threading.Lock()
         self._start = time.perf_counter()
         self._last = 0.0

@@ -101,8 +101,8 @@ class Runner:
         Show the bar (None: on a terminal, see :func:`bigspec.progress.want_progress`).
     label, unit : str
         What the bar says: ``"bigspec ldl"``, ``"tiles"``.
-    total : int
-        Units of the whole verb (the bar's 100%).
+    total, done : int
+        Units of the whole verb (the bar's 100%), and those done before this run (a resume).
     note : str, optional
         Shown beside the bar, e.g. where a resumed run started.
     threads, blas_threads : int, optional
@@ -114,13 +114,13 @@ class Runner:
     """
 
     def __init__(self, client=None, *, progress=None, label: str = "bigspec", unit: str = "tasks", total: int = 0,
-                 note: str | None = None, threads: int | None = None, blas_threads: int | None = None,
+                 done: int = 0, note: str | None = None, threads: int | None = None, blas_threads: int | None = None,
                  interrupted=None):
         self.client = client
         self.threads = threads
         self.blas_threads = blas_threads
         self.interrupted = interrupted
-        self.bar = Progress(total, label=label, unit=unit, note=note, enabled=want_progress(progress))
+        self.bar = Progress(total, label=label, unit=unit, note=note, done=done, enabled=want_progress(progress))
         self._futures = []
         self._workers = None
         self._reported = set()

@@ -196,8 +196,10 @@ class MatrixStore:
             raise IncompleteStoreError(
                 f"store {self.url} is unfinished: {len(missing)} of "
                 f"{sum(1 for _ in self.stored_tiles())} tiles were never written "
-                f"(they hold the NaN fill): {shown}. Finish forming it (form again to resume) "
-                f"or write it again with {opt('bigspec.from_array(A, path, overwrite=True)', '`bigspec import A.npy PATH --overwrite`')}",
+                f"(they hold the NaN fill): {shown}. "
+                + ("Form it again with the same kernel, data and settings: only the missing tiles are computed"
+                   if self.attrs.get("source") == "form" else
+                   f"Write it again with {opt('bigspec.from_array(A, path, overwrite=True)', '`bigspec import A.npy PATH --overwrite`')}"),
                 missing=missing,
             )
 

@@ -11,7 +11,7 @@ from scipy import integrate
 
 import bigspec
 from bigspec.errors import InvalidMatrixError
-from bigspec.spectra import InvalidSpectrumError, free_decompress
+from bigspec.spectra import DecompressionWarning, InvalidSpectrumError, free_decompress
 from bigspec.spectra.chebyshev import ChebyshevDensity
 from bigspec.spectra.laws import MarchenkoPastur, Wigner
 from bigspec.spectra.metrics import l1, wasserstein1
@@ -21,8 +21,7 @@ from bigspec.spectra.sample import RandomOrderWarning
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bigspec.spectra.DecompressionWarning if hasattr(
-            bigspec.spectrum, "DecompressionWarning") else UserWarning)
+        warnings.simplefilter("ignore", DecompressionWarning)
         yield
 
 
@@ -362,3 +361,31 @@ def test_kernel_rows_per_sample_and_one_home_per_option():
         bigspec.spectrum(np.eye(10), sample_size=4, lengthscale=3.0)
     with pytest.raises(bigspec.kernels.KernelParameterError, match="unknown parameter"):
         bigspec.spectrum(kernel="rbf", X=X, sample_size=100, bogus=1)
+
+
+def test_kronecker_store_spectrum_describes_the_whole_matrix_like_logdet(tmp_path):
+    """A store of K (x) I_d: the density is K's, and trace and logdet() are those of the whole matrix, as
+    bigspec.logdet reports it; a heavy-tailed logdet() warns that it is an extrapolation."""
+    import warnings
+
+    X = np.random.default_rng(0).random((800, 4))
+    K = bigspec.form("relu", X, str(tmp_path / "r.zarr"), depth=2, n_outputs=10, tile_size=200)
+    r = bigspec.spectrum(K, sample_size=200, n_samples=2, regime="bulk")
+    Kn = K.read(0, 800, 0, 800)
+    assert r.kron_outputs == 10 and r.size == 800 and r.matrix_rows == 8000
+    assert "K (x) I_10 (8000 x 8000)" in repr(r) and r.to_dict()["matrix_rows"] == 8000
+    sample_mean = np.mean(np.concatenate([np.linalg.eigvalsh(Kn[:200, :200]), np.linalg.eigvalsh(Kn[200:400, 200:400])]))
+    assert r.trace == pytest.approx(10 * 800 * sample_mean, rel=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecompressionWarning)     # the bulk regime: no extrapolation warning
+        try:
+            sign, ld = r.logdet()
+        except DecompressionWarning:
+            pytest.fail("logdet() warned in the bulk regime")
+    assert sign == 1 and ld == pytest.approx(10 * r._logdet()[1], rel=1e-12)
+    heavy = bigspec.spectrum(K, sample_size=200, n_samples=2, regime="heavy-tailed")
+    with pytest.warns(DecompressionWarning, match="heavy-tailed regime.*bigspec.logdet gives the exact value"):
+        heavy.logdet()
+    exact = bigspec.logdet(K).logabsdet
+    assert exact == pytest.approx(10 * np.linalg.slogdet(Kn)[1], rel=1e-12)
+    assert heavy.logdet()[1] == pytest.approx(exact, rel=0.2)           # the same matrix, within its error

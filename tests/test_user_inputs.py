@@ -511,3 +511,16 @@ def test_empirical_ntk_as_the_issue_names_it():
     J = torch.func.jacrev(f)(params, torch.as_tensor(X))
     J = torch.cat([j.detach().reshape(50, -1) for j in J.values()], dim=1).numpy()
     assert K.shape == (50, 50) and np.allclose(K, J @ J.T, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("zero_at", [599, 300])
+def test_exactly_singular_out_of_core_is_minus_inf(zero_at):
+    """A zero row (the last, or one inside) of a matrix factored under a budget: (0, -inf) with the
+    singular warning, as in memory, not an error advising more memory (found by the new-user trial)."""
+    Z = np.eye(600)
+    Z[zero_at, zero_at] = 0.0
+    with pytest.warns(bigspec.SingularMatrixWarning, match=f"exactly singular.*row {zero_at}"):
+        r = bigspec.logdet(Z, tile_size=100, memory="1MB")
+    assert tuple(r) == (0, -np.inf) and r.super_panels > 1
+    assert tuple(bigspec.logdet(Z, tile_size=100, memory="1MB", shift=1.0)) == pytest.approx(
+        (1, np.log(1.0) * 599 + np.log(2.0) * 599 + np.log(1.0)))

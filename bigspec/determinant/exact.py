@@ -52,6 +52,7 @@ from ..errors import (
     StoreExistsError,
     TileSizeError,
     UnstableFactorizationError,
+    again,
     arg,
     kw,
     opt,
@@ -461,15 +462,19 @@ class _Factor:
         if differs and all(meta.get(k) == v for k, v in want.items() if k != "schema"):
             logger.info("replacing a factorization of an older bigspec (factor schema %s)", meta.get("schema"))
             overwrite = True   # bigspec's own cache in an outdated layout, same settings: recompute it
+        if differs and not meta.get("complete") and not int(meta.get("columns_done", 0)):
+            overwrite = True   # a factor with no column done holds nothing to lose (a failed first panel)
         if differs and not overwrite:
             names = {"method": "method", "params": "scale and shift", "tile_size": "tile_size", "n": "n",
                      "dtype": "dtype", "schema": "factor layout"}
             diff = "; ".join(f"{names[k]}: {_setting(k, meta.get(k))} there, {_setting(k, v)} now"
                              for k, v in want.items() if meta.get(k) != v)
+            state = ("complete" if meta.get("complete") else
+                     f"{min(int(meta.get('columns_done', 0)) * b, n)} of {n} columns done")
             raise StoreExistsError(
                 f"the store keeps one factorization in factor/, and it was made with other settings ({diff}); "
-                f"pass {arg('overwrite', True)} to replace it ({meta.get('columns_done', 0)} tile columns of it are "
-                f"done), or {arg('checkpoint', False)} to factor without keeping this one", existing=meta)
+                f"pass {arg('overwrite', True)} to replace it (it is {state}), or {arg('checkpoint', False)} to "
+                f"factor without keeping this one", existing=meta)
         if not meta or overwrite or differs:
             for name in list(group.keys()):
                 del group[name]
@@ -622,19 +627,20 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     def interrupted():
         done = max(getattr(runner, "columns_done", 0), done_before)
         if use_store:
-            again = f"run it again without {arg('overwrite', True)}" if overwrite else "run the same command again"
-            return (f"factored {done} of {n} columns of {ms.url}, kept in its factor/; {again} to resume from "
-                    f"column {done}")
+            return (f"factored {done} of {n} columns of {ms.url}, kept in its factor/; {again(overwrite)} to resume "
+                    f"from column {done}")
         return (f"factored {done} of {n} columns; nothing is kept ("
                 + ("the matrix is not a store" if ms is None else arg("checkpoint", False))
                 + "): a new run starts over" + (f"; {arg('checkpoint', True)} keeps the factor to resume"
                                                if ms is not None else ""))
 
-    note = f"resumed: columns 0:{done_before} were factored before" if done_before else None
-    total = sum(plan.n_tiles - k for k0, k1 in plan.panels for k in range(k0, k1))
+    note = f"resumed at column {done_before}" if done_before else None
+    total = plan.n_tiles * (plan.n_tiles + 1) // 2                  # the lower tiles, each factored once
+    before = total - sum(plan.n_tiles - k for k0, k1 in plan.panels for k in range(k0, k1))
     tmp = []
     try:
-        with Runner(client, progress=progress, label=f"bigspec {method}", unit="tiles", total=total, note=note,
+        with Runner(client, progress=progress, label=f"bigspec {method}", unit="tiles", total=total, done=before,
+                    note=note,
                     threads=threads, blas_threads=blas_threads, interrupted=interrupted) as runner:
             source = m.source
             if ms is None and (m.kind == "dask" or (m.kind == "numpy" and client is not None)):
@@ -744,7 +750,11 @@ def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=
                     continue
                 if isinstance(e, NeedsPivoting):  # pragma: no cover - the limit is inf then
                     raise
-                if k1 == nt and group >= k1 - k0:
+                if (k1 == nt and group >= k1 - k0) or e.row == n - 1 or \
+                        (isinstance(e, tiles.ZeroPivot) and _zero_row(source, e.row, n, b, shift)):
+                    # no pivoting is left to try: the whole remaining matrix was one group, the zero
+                    # is the last pivot (the trailing 1 x 1 Schur complement is exactly 0), or the
+                    # matrix has a zero row (an exactly singular matrix, whatever the pivoting)
                     singular_at = e.row
                     break
                 moved = _move_boundary(e.row // b, k0, k1, nt, group, offset, g.groups, tried) if ldl else None
@@ -768,8 +778,8 @@ def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=
             break
         if singular_at is not None:
             warnings.warn(
-                f"log|det| = -inf: an exact zero pivot at row {singular_at} with Bunch-Kaufman pivoting over "
-                f"the whole remaining matrix: the matrix is singular (rank deficient); add a ridge with "
+                f"log|det| = -inf: the matrix is exactly singular (rank deficient): an exact zero pivot at row "
+                f"{singular_at} that no symmetric pivoting removes; add a ridge with "
                 f"{kw('shift')} to factor A + shift*I", SingularMatrixWarning, stacklevel=4)
             break
         computed += 1
@@ -816,6 +826,13 @@ def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=
 MAX_REGROUPS = 8  # pivot-group layouts tried for one panel before giving up
 
 
+def _zero_row(source, row, n, b, shift) -> bool:
+    """Whether row ``row`` of ``scale * A + diag(shift)`` is exactly zero (read tile by tile)."""
+    if shift is not None and float(_shift_slice(shift, [(row, row + 1)], 0) if np.ndim(shift) else shift) != 0:
+        return False
+    return all(not np.any(np.asarray(source[row:row + 1, c0:min(c0 + b, n)])) for c0 in range(0, n, b))
+
+
 def _move_boundary(t, k0, k1, nt, group, offset, groups, tried):
     """A new layout for a panel whose pivoting failed in tile ``t``, the last of its group.
 
@@ -857,7 +874,8 @@ def _unstable(plan, row, growth, group, k0, k1, b):
         f"{format_bytes(plan.budget)} now), reorder the matrix so that its leading blocks are well "
         f"conditioned (e.g. a saddle-point matrix with its constraint rows last, or a random symmetric "
         f"permutation), or, if it is meant to be positive definite, use {arg('method', 'cholesky')} with "
-        f"{kw('shift')}",
+        f"{kw('shift')}" + ("; a zero pivot may also mean the matrix is singular, whose log-determinant is -inf "
+                            f"(a ridge with {kw('shift')} makes it definite)" if growth is None else ""),
         row=row, growth=growth, pivot_columns=width)
 
 

@@ -75,13 +75,16 @@ class Attention(Kernel):
     def check_params(self):
         p = self.params
         self._positive("sigma_e", "sigma_vo")
-        if not (p["sigma_qk"] >= 0 and math.isfinite(p["sigma_qk"])):
-            raise KernelParameterError(f"attention kernel: sigma_qk must be >= 0, got {p['sigma_qk']!r}")
-        if not (p["sigma_eb"] >= 0 and math.isfinite(p["sigma_eb"])):
-            raise KernelParameterError(f"attention kernel: sigma_eb must be >= 0, got {p['sigma_eb']!r}")
-        for name in ("heads", "n_draws", "draw_chunk"):
-            if int(p[name]) != p[name] or p[name] < 1:
-                raise KernelParameterError(f"attention kernel: {name} must be a positive integer, got {p[name]!r}")
+        for name in ("sigma_qk", "sigma_eb"):
+            v = p[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                    not (math.isfinite(v) and v >= 0):
+                raise KernelParameterError(f"attention kernel: {name} must be a number >= 0, got {v!r}")
+        for name, least in (("heads", 1), ("n_draws", 1), ("draw_chunk", 1), ("draw_seed", 0)):
+            v = p[name]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                what = "a positive integer" if least else "a non-negative integer"
+                raise KernelParameterError(f"attention kernel: {name} must be {what}, got {v!r}")
         if p["pool"] not in ("mean", "none"):
             raise KernelParameterError(f"attention kernel: pool must be 'mean' or 'none', got {p['pool']!r}")
         if p["seq_len"] is not None and not (isinstance(p["seq_len"], (int, np.integer)) and p["seq_len"] >= 1):

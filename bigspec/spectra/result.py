@@ -50,8 +50,25 @@ class SpectrumResult(ResultMixin):
     #: (values, weights) of a discrete representation (heavy-tailed and point-mass regimes); when set it
     #: defines cdf, quantiles, moments and logdet exactly, and ``density`` is its log-KDE (0 for a point mass)
     table: tuple = field(default=None, repr=False, compare=False)
+    #: d when the matrix is K (x) I_d and the density is K's (each eigenvalue d times): ``size``
+    #: counts K's rows, and ``trace`` and ``logdet()`` are those of the whole K (x) I_d, as in
+    #: :class:`~bigspec.results.LogdetResult`
+    kron_outputs: int = 1
 
-    _headline = ("size", "sample_size", "n_samples", "alpha", "support", "atoms", "seconds")
+    _headline = ("size", "kron_outputs", "sample_size", "n_samples", "alpha", "support", "atoms", "seconds")
+
+    @property
+    def matrix_rows(self) -> int:
+        """Order of the matrix described: ``size * kron_outputs``."""
+        return self.size * self.kron_outputs
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        keys = [k for k in self._headline if k != "kron_outputs" or self.kron_outputs != 1]
+        head = ", ".join(f"{k}={d[k]!r}" for k in keys)
+        kron = (f"; the matrix is K (x) I_{self.kron_outputs} ({self.matrix_rows} x {self.matrix_rows}), whose "
+                f"density is K's ({self.size} x {self.size})" if self.kron_outputs != 1 else "")
+        return f"SpectrumResult({head}){kron}"
 
     def to_dict(self, grid: bool = False) -> dict:
         """JSON-safe summary (what ``--json`` prints); the density on its grid (``x``,
@@ -61,6 +78,7 @@ class SpectrumResult(ResultMixin):
         if grid:
             d["x"], d["density"] = self.x.tolist(), self.density.tolist()
         d["mean"], d["variance"], d["trace"] = self.mean, self.variance, self.trace
+        d["matrix_rows"] = self.matrix_rows
         d["quantiles"] = {str(q): float(v) for q, v in zip(QUANTILES, self.quantiles(QUANTILES))}
         return d
 
@@ -124,9 +142,10 @@ class SpectrumResult(ResultMixin):
         Free decompression preserves the mean, and a random principal submatrix's mean
         eigenvalue (its mean diagonal entry) is an unbiased estimate of the large matrix's,
         so this does not depend on the fit (``mean`` is the fit's, equal to it up to
-        rounding except in the bulk regime, where it is checked to 1% of the spread).
+        rounding except in the bulk regime, where it is checked to 1% of the spread). For
+        ``K (x) I_d`` it is ``d`` times K's.
         """
-        return self.size * float(self.diagnostics["sample_mean"])
+        return self.kron_outputs * self.size * float(self.diagnostics["sample_mean"])
 
     @property
     def variance(self) -> float:
@@ -136,9 +155,31 @@ class SpectrumResult(ResultMixin):
     def logdet(self) -> tuple[int, float]:
         """(sign, log|det|) of the size-``size`` matrix: ``size * integral log|x| rho(x) dx``.
 
-        An atom at 0 gives ``-inf``. The sign counts the mass below 0. Errors at the lower
-        edge are amplified by the log (Ameli et al. 2025, arXiv:2506.11994).
+        For ``K (x) I_d`` (``kron_outputs = d``) it is the whole matrix's, ``d`` times K's, as
+        :func:`bigspec.logdet` reports it. An atom at 0 gives ``-inf``. The sign counts the mass
+        below 0. Errors at the lower edge are amplified by the log (Ameli et al. 2025,
+        arXiv:2506.11994).
+
+        Warns
+        -----
+        DecompressionWarning
+            In the heavy-tailed regime, whose small eigenvalues are an extrapolation (a ReLU
+            NTK's came out 12% off): :func:`bigspec.logdet` gives the exact value.
         """
+        if self.settings.get("regime") == "heavy-tailed":
+            import warnings
+
+            from .free import DecompressionWarning
+
+            warnings.warn(
+                "this spectrum was decompressed in the heavy-tailed regime, where the density of the small "
+                "eigenvalues is an extrapolation: its log-determinant can be off by 10% or more (a ReLU NTK's was "
+                "12% off); bigspec.logdet gives the exact value", DecompressionWarning, stacklevel=2)
+        sign, value = self._logdet()
+        d = self.kron_outputs
+        return (sign ** d if sign else 0), d * value
+
+    def _logdet(self) -> tuple[int, float]:
         if any(abs(loc) <= 1e-300 and mass > 0 for loc, mass in self.atoms):
             return 0, -np.inf
         if self.table is not None:

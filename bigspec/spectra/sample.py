@@ -136,6 +136,9 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         tasks = [dask.delayed(_eigvalsh_block)(blk, device) for blk in blocks]
         source = ms.url if ms is not None else f"{m.kind} array"
         rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
+        from ..form import kron_outputs
+
+        kron = kron_outputs(ms) if ms is not None else 1
     else:
         from ..form import _check_finite, _load_data
         from ..kernels import get_kernel
@@ -153,13 +156,18 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                                                 device) for j in range(n_samples)]
         source = f"kernel {k.name}"
         rows = k.rows_per_sample()     # matrix rows per data point (K (x) I_d stores K: 1)
+        kron = k.n_outputs if k.kron_identity else 1
     with Runner(client, progress=progress, label="bigspec spectrum", unit="samples", total=n_samples,
                 interrupted=lambda: "no spectrum was computed; a spectrum writes nothing, so run it again") as runner:
         eigs = runner.compute(tasks, tick=True)
     # eigenvalue arrays count matrix rows; sizes count samples (x rows per sample)
     size = n if size is None else int(size)
-    return free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source,
-                           **decompress)
+    res = free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source, **decompress)
+    if kron != 1:
+        import dataclasses
+
+        res = dataclasses.replace(res, kron_outputs=int(kron))
+    return res
 
 
 def check_counts(sample_size, n_samples) -> int:
@@ -202,7 +210,8 @@ def check_sample_size(sample_size, n, n_samples):
         if n // sample_size >= 1:
             fixes.append(arg("n_samples", n // sample_size))
         raise InvalidSpectrumError(
-            f"{n_samples} disjoint sample{'s' if n_samples > 1 else ''} of {sample_size} rows need "
+            f"{n_samples} disjoint sample{'s' if n_samples > 1 else ''} of {sample_size} rows "
+            f"need{'' if n_samples > 1 else 's'} "
             f"{sample_size * n_samples} rows, but the matrix has {n}; use " + " or ".join(fixes) + " or less")
     return sample_size
 
