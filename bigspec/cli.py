@@ -62,7 +62,11 @@ def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
 
     from .cluster import connect, interrupts_held_back, workers_born_ignoring_interrupts
 
-    with _distributed_log_level(logging.INFO if _verbosity() else logging.WARNING):
+    from .cluster import LostWorkerEcho
+
+    echo = LostWorkerEcho()
+    quiet = [logging.getLogger(n) for n in ("distributed.scheduler", "distributed.nanny", "distributed.worker")]
+    with _distributed_log_level(logging.INFO if _verbosity() else logging.WARNING), _filtered(quiet, echo):
         owned = not (scheduler or scheduler_file)
         try:
             with workers_born_ignoring_interrupts() if owned and not gpu else contextlib.nullcontext():
@@ -94,6 +98,17 @@ def _quiet_worker():
 def _verbosity() -> int:
     ctx = click.get_current_context(silent=True)
     return int(ctx.find_root().params.get("verbose") or 0) if ctx is not None else 0
+
+
+@contextlib.contextmanager
+def _filtered(loggers, flt):
+    for log in loggers:
+        log.addFilter(flt)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(flt)
 
 
 @contextlib.contextmanager

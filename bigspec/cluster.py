@@ -242,6 +242,17 @@ def dask_setup(worker):
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker").addFilter(LostWorkerEcho())
+
+
+class LostWorkerEcho(logging.Filter):
+    """Drops distributed's own log lines about a worker that left (bigspec reports it in one line)."""
+
+    PREFIXES = ("Removing worker", "Restarting worker", "Worker stream died during communication",
+                "Worker process still alive after", "Failed to communicate with scheduler during heartbeat")
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.PREFIXES)
 
 
 @contextlib.contextmanager

@@ -233,7 +233,6 @@ class Runner:
         quiet_expected_failures(client)
         self._futures = list(futures)
         ticking = {f.key for f, t in zip(futures, tick_flags) if t}
-        mine = {f.key for f in futures}
         done = as_completed(futures, loop=client.loop, raise_errors=False)
         next_check = time.monotonic() + HEALTH_INTERVAL
         while not done.is_empty():
@@ -247,9 +246,9 @@ class Runner:
                 self.check_interrupt()
                 time.sleep(0.02)
             if time.monotonic() >= next_check:
-                self._check_cluster(mine)
+                self._check_cluster()
                 next_check = time.monotonic() + HEALTH_INTERVAL
-        self._check_cluster(mine)
+        self._check_cluster()
         values = client.gather(futures)
         self._futures = []
         return values
@@ -269,7 +268,7 @@ class Runner:
             raise
 
     # -- the cluster's health -------------------------------------------------------------
-    def _check_cluster(self, mine: set) -> None:
+    def _check_cluster(self) -> None:
         """Report workers that left; fail when no worker is left for the connect timeout."""
         from .cluster import connect_timeout
 
@@ -281,7 +280,7 @@ class Runner:
             raise ClusterError(f"lost the Dask scheduler at {client.scheduler.address}: {e}") from None
         if self._workers is not None:
             for address in sorted(self._workers - workers):
-                self._report_lost(address, mine)
+                self._report_lost(address, workers)
         self._workers = workers
         if workers:
             self._no_workers_since = None
@@ -297,7 +296,7 @@ class Runner:
                 f"within {timeout:g} s (distributed.comm.timeouts.connect); start workers (dask worker "
                 f"{client.scheduler.address}) and run the same command again: what was finished is kept")
 
-    def _report_lost(self, address: str, mine: set) -> None:
+    def _report_lost(self, address: str, now: set) -> None:
         if address in self._reported:
             return
         self._reported.add(address)
@@ -306,9 +305,15 @@ class Runner:
             for _, msg in self.client.get_events(address):
                 if isinstance(msg, dict) and msg.get("action") == "remove-worker":
                     keys = set(msg.get("processing-tasks", ())) | set(msg.get("lost-computed-tasks", ()))
-                    rerun = len(keys & mine) if mine else len(keys)
-        what = f"Dask re-runs its {rerun} task{'s' if rerun != 1 else ''} of this run on the other workers" \
-            if rerun is not None else "Dask re-runs its tasks on the other workers"
+                    rerun = sum(1 for k in keys if str(k[0] if isinstance(k, tuple) else k).startswith("bigspec-"))
+        if not now:
+            what = "no worker is left: the run waits for one (distributed.comm.timeouts.connect)"
+        elif rerun is None:
+            what = "Dask runs its tasks again on the others"
+        elif rerun == 0:
+            what = "it held none of this run's unfinished work"
+        else:
+            what = f"Dask runs {rerun} of this run's tasks again on the others"
         warnings.warn(f"worker {address} left the cluster during the run; {what}", WorkerLostWarning,
                       stacklevel=2)
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -300,7 +301,7 @@ def test_a_lost_worker_is_reported_and_the_answer_is_right(tmp_path):
     assert p.returncode == 0, err
     lost = [ln for ln in err.splitlines() if "left the cluster during the run" in ln]
     assert len(lost) == 1 and lost[0].startswith("warning: worker tcp://127.0.0.1:"), err
-    assert "Dask re-runs its" in lost[0]
+    assert re.search(r"Dask runs \d+ of this run's tasks again|it held none of this run's unfinished work", lost[0])
     assert json.loads(out)["logabsdet"] == pytest.approx(np.linalg.slogdet(A)[1], rel=1e-12)
 
 
