@@ -139,7 +139,7 @@ class BigspecGroup(click.Group):
             if ctx.find_root().command is not self:     # `dask bigspec`: this process ends here
                 _ignore_further_interrupts()
             said = cli_text(e) if isinstance(e, Interrupted) and str(e) else "nothing was finished"
-            click.echo(f"\ninterrupted: {said}", err=True)
+            click.echo(f"interrupted: {said}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except ClusterError as e:
             click.echo(f"error: {cli_text(e)}", err=True)

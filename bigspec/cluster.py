@@ -249,7 +249,8 @@ class LostWorkerEcho(logging.Filter):
     """Drops distributed's own log lines about a worker that left (bigspec reports it in one line)."""
 
     PREFIXES = ("Removing worker", "Restarting worker", "Worker stream died during communication",
-                "Worker process still alive after", "Failed to communicate with scheduler during heartbeat")
+                "Worker process still alive after", "Failed to communicate with scheduler during heartbeat",
+                "failed during get data")
 
     def filter(self, record):
         return not str(record.msg).startswith(self.PREFIXES)

@@ -54,8 +54,11 @@ def _on_interrupt(signum, frame):
 
 
 def _on_unraisable(unraisable, previous=None):
-    # the Ctrl-C that a callback swallowed is raised again by check_interrupt: no traceback for it
-    if not (_pressed.is_set() and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+    # the Ctrl-C that a callback swallowed is raised again by check_interrupt: no traceback for it, nor
+    # for distributed's gc timing callback, whose state that Ctrl-C left half updated
+    echo = issubclass(unraisable.exc_type, KeyboardInterrupt) or \
+        "GCDiagnosis" in getattr(unraisable.object, "__qualname__", "")
+    if not (_pressed.is_set() and echo):
         (previous or sys.__unraisablehook__)(unraisable)
 
 
@@ -231,6 +234,9 @@ class Runner:
 
         client = self.client
         quiet_expected_failures(client)
+        if self._workers is None:              # the workers at the start: a loss before the first look counts
+            with contextlib.suppress(Exception):
+                self._workers = set(client.nthreads())
         self._futures = list(futures)
         ticking = {f.key for f, t in zip(futures, tick_flags) if t}
         done = as_completed(futures, loop=client.loop, raise_errors=False)

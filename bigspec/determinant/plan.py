@@ -212,7 +212,7 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
                 f"this {n} x {n} matrix with {b}-row tiles on {threads} thread{'s' if threads > 1 else ''}: the "
                 f"minimum is {format_bytes(need)}; raise it ({arg('memory', format_bytes(need).replace(' ', ''))} "
                 f"or more)"
-                f"{', or use fewer threads (' + opt('workers with fewer threads', '--threads 1') + ')' if threads > 1 else ''}"
+                f"{', or use fewer threads (' + opt('workers with fewer threads', '--workers 1 --threads 1') + ')' if threads > 1 else ''}"
                 f"; {fix}",
                 budget=budget, minimum=need,
             )

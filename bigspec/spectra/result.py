@@ -166,7 +166,7 @@ class SpectrumResult(ResultMixin):
             In the heavy-tailed regime, whose small eigenvalues are an extrapolation (a ReLU
             NTK's came out 12% off): :func:`bigspec.logdet` gives the exact value.
         """
-        if self.settings.get("regime") == "heavy-tailed":
+        if self.settings.get("regime") == "heavy-tailed" and self.alpha > 1:
             import warnings
 
             from .free import DecompressionWarning
