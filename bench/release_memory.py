@@ -53,7 +53,6 @@ def child(spec: dict) -> dict:
 
     import bigspec
     import bigspec.determinant.exact as exact
-    from bigspec.backend import set_mmap_threshold  # noqa: F401  (bigspec's own switch, used by "bigspec")
 
     mode = spec["mode"]
     if mode != "bigspec":

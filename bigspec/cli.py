@@ -60,9 +60,7 @@ def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
     """
     import distributed  # noqa: F401  (configures its loggers on import: set their level after that)
 
-    from .cluster import connect, interrupts_held_back, workers_born_ignoring_interrupts
-
-    from .cluster import LostWorkerEcho
+    from .cluster import LostWorkerEcho, connect, interrupts_held_back, workers_born_ignoring_interrupts
 
     echo = LostWorkerEcho()
     quiet = [logging.getLogger(n) for n in ("distributed.scheduler", "distributed.nanny", "distributed.worker")]
@@ -318,14 +316,11 @@ def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chu
     from .matrix import as_matrix
 
     from .store import check_tile_size
-    from .validate import check_memory
+    from .validate import check_memory, check_scale
 
     # every argument is checked before a cluster starts
     check_memory(memory)
-    if scale == 0:
-        from .errors import ArgumentError, arg
-
-        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
+    check_scale(scale)
     if tile_size is not None:
         check_tile_size(tile_size)
     source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+")

@@ -288,20 +288,16 @@ def interrupts_held_back(raise_after: bool = True):
     drop it (a second Ctrl-C while closing after the first), so a cluster is never left half
     started or half closed."""
     if threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGINT)):
-        yield
+        yield []
         return
     pressed = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
-        yield
+        yield pressed
     finally:
         signal.signal(signal.SIGINT, previous)
-        _pressed[:] = pressed
     if pressed and raise_after:
         raise KeyboardInterrupt
-
-
-_pressed: list = []   # the Ctrl-C presses held back by the last interrupts_held_back()
 
 
 GUARD = ("worker processes start by importing the main script again: in a script, start the cluster under "
@@ -314,13 +310,13 @@ def _start(make):
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise ClusterError(f"bigspec.connect() ran while a worker process was starting; {GUARD}")
-    cluster = None
+    cluster, pressed = None, []
     try:
-        with interrupts_held_back():
+        with interrupts_held_back() as pressed:
             cluster = make()
         return _new_client(cluster)
     except RuntimeError as e:
-        if _pressed:
+        if pressed:
             raise KeyboardInterrupt from None       # a worker that started just then died of the Ctrl-C
         raise ClusterError(f"the local cluster could not start its workers ({e}); {GUARD}, and check the worker "
                            f"log above") from None

@@ -45,6 +45,14 @@ def check_number(value, name: str) -> float:
     return value
 
 
+def check_scale(scale) -> float:
+    """The ``scale`` of ``scale * A``: a finite nonzero number."""
+    scale = check_number(scale, "scale")
+    if scale == 0.0:
+        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
+    return scale
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """A seed for ``numpy.random.SeedSequence``: a non-negative integer."""
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)):

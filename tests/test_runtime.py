@@ -7,7 +7,6 @@ signals (SIGINT to its whole process group, as a terminal's Ctrl-C does; SIGKILL
 import json
 import logging
 import os
-import pathlib
 import re
 import signal
 import socket

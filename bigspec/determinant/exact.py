@@ -63,7 +63,7 @@ from ..results import LogdetResult
 from ..progress import want_progress
 from ..runner import Runner
 from ..store import check_tile_size, create_matrix, write_matrix
-from ..validate import check_flag, check_memory, check_number
+from ..validate import check_flag, check_number, check_scale
 from . import EXACT_METHODS as METHODS
 from . import tiles
 from .plan import make_plan, memory_budget
@@ -410,9 +410,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
 
 # --------------------------------------------------------------------------- inputs
 def _check_scale_shift(scale, shift, n):
-    scale = check_number(scale, "scale")
-    if scale == 0.0:
-        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
+    scale = check_scale(scale)
     if np.ndim(shift) == 0:
         shift = check_number(shift, "shift")
         return scale, (None if shift == 0.0 else shift)

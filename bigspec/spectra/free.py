@@ -319,7 +319,7 @@ def _pool(eigenvalues, sample_size):
 
 def _check_options(damping, regime, glue, shift, scale, degree, grid, delta, atom_tol, support):
     """Every option of :func:`free_decompress`, checked before any work (ArgumentError / ArgumentTypeError)."""
-    from ..validate import check_number
+    from ..validate import check_number, check_scale
 
     if damping not in DAMPING:
         raise ArgumentError(f"unknown damping {damping!r}; use one of {sorted(DAMPING)}")
@@ -327,9 +327,7 @@ def _check_options(damping, regime, glue, shift, scale, degree, grid, delta, ato
         raise ArgumentError(f"unknown {arg('regime')} {regime!r}; use 'auto', 'bulk' or 'heavy-tailed'")
     if glue != "auto" and glue != "pole-at-0" and glue not in GLUE_MODELS:
         raise ArgumentError(f"unknown glue model {glue!r}; use 'auto', 'pole-at-0' or one of {sorted(GLUE_MODELS)}")
-    shift, scale = check_number(shift, "shift"), check_number(scale, "scale")
-    if scale == 0:
-        raise ArgumentError(f"{arg('scale')} must be nonzero, got 0.0")
+    shift, scale = check_number(shift, "shift"), check_scale(scale)
     if degree is not None:
         degree = _count(degree, "degree", 2)
     if np.ndim(grid) == 0:
