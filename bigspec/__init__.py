@@ -20,6 +20,8 @@ from .errors import (
     BigspecError,
     BigspecWarning,
     ClusterError,
+    EstimateError,
+    EstimateWarning,
     GrowthWarning,
     IncompleteStoreError,
     Interrupted,
@@ -53,12 +55,13 @@ _lazy = {
     "MatrixStore": "bigspec.store",
     "connect": "bigspec.cluster",
     "LogdetResult": "bigspec.results",
+    "EstimateResult": "bigspec.determinant.estimate",
     "kernels": "bigspec.kernels",
     "SpectrumResult": "bigspec.spectra.result",
 }
 
 __all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",
-                  "BigspecError", "ArgumentError", "ArgumentTypeError", "BigspecWarning", "ClusterError",
+                  "BigspecError", "ArgumentError", "ArgumentTypeError", "BigspecWarning", "ClusterError", "EstimateError", "EstimateWarning",
                   "Interrupted", "KernelError", "WorkerLostWarning", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
                   "InvalidMatrixError", "InvalidSpectrumError", "MemoryBudgetError", "NonFiniteError",
                   "NotPositiveDefiniteError", "OverwriteWarning", "SingularMatrixWarning", "StoreExistsError",

@@ -294,55 +294,119 @@ def import_(source, store, tile_size, triangle, missing_chunks, overwrite, as_js
     _emit(summary if as_json else f"wrote {ms}", as_json)
 
 
-@cli.command()
-@click.argument("store", metavar="MATRIX")
-@click.option("--method", type=click.Choice(["ldl", "cholesky"]), default=None,
-              help="ldl (symmetric, default) or cholesky (SPD, fastest).")
+class _LogdetCommand(click.Command):
+    """``bigspec logdet``: kernel parameters come as ``--param K=V`` or free ``--K V`` options."""
+
+
+@cli.command(cls=_LogdetCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("store", metavar="[MATRIX]", required=False)
+@click.option("--method", type=click.Choice(["ldl", "cholesky", "flodance", "slq", "spectrum"]), default=None,
+              help="ldl (exact, symmetric; default), cholesky (exact, SPD), or an estimate: flodance (scaling law "
+                   "from leading blocks), slq (stochastic Lanczos quadrature), spectrum (free decompression).")
+@click.option("--kernel", default=None, help="flodance/spectrum without a MATRIX: form only the sampled blocks of "
+                                            "this kernel on --data (the matrix is never formed).")
+@click.option("--data", "data", type=click.Path(exists=True), default=None, help="Data points (.npy) for --kernel.")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="Kernel parameter for --kernel, e.g. depth=3.")
 @click.option("--memory", default=None, help="Memory budget, e.g. 2GiB (default: auto).")
 @click.option("--tile-size", type=int, help="Tile edge for a .npy or zarr MATRIX; a store's must match.")
 @click.option("--shift", type=float, default=0.0, show_default=True, help="Add shift * I.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the matrix by scale.")
 @matrix_options
 @click.option("--checkpoint/--no-checkpoint", default=None,
-              help="Keep the factor in the store to resume (default: when out of core).")
-@click.option("--overwrite", is_flag=True, help="Replace a factorization made with other settings.")
-@click.option("--dry-run", is_flag=True, help="Print tasks, flops, bytes and peak memory; compute nothing.")
+              help="Exact: keep the factor in the store to resume (default: when out of core).")
+@click.option("--overwrite", is_flag=True, default=None, help="Exact: replace a factorization made with other settings.")
+@click.option("--dry-run", is_flag=True, default=None, help="Exact: print tasks, flops, bytes and peak memory; compute "
+                                                           "nothing.")
+@click.option("--sample-size", type=int, default=None, help="flodance: samples per ladder; spectrum: rows per sample.")
+@click.option("--ladders", "n_ladders", type=int, default=None, help="flodance: independent ladders (default: up to 3).")
+@click.option("--samples", "n_samples", type=int, default=None, help="spectrum: disjoint samples (default 4).")
+@click.option("--probes", type=int, default=None, help="slq: Rademacher probes (default 64).")
+@click.option("--lanczos-steps", type=int, default=None, help="slq: Lanczos steps (default 80).")
+@click.option("--reorthogonalize", is_flag=True, default=None, help="slq: full reorthogonalization.")
+@click.option("--seed", type=int, default=None, help="Estimators: seed of the probes / subsets (default 0).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Estimators: save the estimate's picture (FLODANCE: ladder, fit and band).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @cluster_options
-def logdet(store, method, memory, tile_size, shift, scale, triangle, missing_chunks, checkpoint, overwrite, dry_run,
-           as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
-    """Exact log-determinant of MATRIX: a store, a .npy file or a zarr array (tiled LDL^T / Cholesky, out of core)."""
+@click.pass_context
+def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, scale, triangle, missing_chunks,
+           checkpoint, overwrite, dry_run, sample_size, n_ladders, n_samples, probes, lanczos_steps, reorthogonalize,
+           seed, plot_path, as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+    """Log-determinant of MATRIX (a store, a .npy file or a zarr array): exact by tiled LDL^T / Cholesky (out of
+    core), or estimated (--method flodance / slq / spectrum; flodance and spectrum also from --kernel and --data
+    without forming the matrix)."""
     from .determinant import logdet as run_logdet
+    from .determinant import check_options
     from .matrix import as_matrix
 
     from .store import check_tile_size
     from .validate import check_memory, check_scale
 
+    extra = list(ctx.args)
+    if store is not None and store.startswith("--"):   # a free kernel option (--depth 3) took MATRIX's place
+        extra, store = [store, *extra], None
+    kernel_params = _parse_params(params, extra)
+    if kernel is None and data is None:
+        if kernel_params:
+            raise click.UsageError("kernel parameters (--param, --K V) go with --kernel and --data")
+        if store is None:
+            raise click.UsageError("give a MATRIX, or --kernel and --data (with --method flodance or spectrum)")
+    elif store is not None:
+        raise click.UsageError("give a MATRIX or --kernel and --data, not both")
+    elif kernel is None or data is None:
+        raise click.UsageError("--kernel and --data go together")
+    if kernel is not None and method is None:
+        method = "flodance"
+    options = dict(memory=memory, tile_size=tile_size, checkpoint=checkpoint, overwrite=overwrite, dry_run=dry_run,
+                   sample_size=sample_size, n_ladders=n_ladders, n_samples=n_samples, probes=probes,
+                   lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, seed=seed)
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    if plot_path and given.get("overwrite") and (method or "ldl") not in ("ldl", "cholesky"):
+        del given["overwrite"]                          # with an estimate --overwrite replaces the --plot file
+    check_options(method or "ldl", given)
+    if plot_path and (method or "ldl") in ("ldl", "cholesky"):
+        raise click.UsageError("--plot draws an estimate (--method flodance, slq or spectrum)")
     # every argument is checked before a cluster starts
     check_memory(memory)
     check_scale(scale)
+    if plot_path:
+        _check_plot_path(plot_path, overwrite)
     if tile_size is not None:
         check_tile_size(tile_size)
-    source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+")
-    kwargs = dict(method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
-                  checkpoint=checkpoint, overwrite=overwrite, device="gpu" if gpu else "cpu",
-                  progress=progress, triangle=triangle, missing_chunks=missing_chunks)
+    source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+") if store else None
+    kwargs = dict(method=method, shift=shift, scale=scale, device="gpu" if gpu else "cpu", progress=progress,
+                  triangle=triangle, missing_chunks=missing_chunks, **given)
+    if kernel is not None:
+        kwargs.update(kernel=kernel, X=data, **kernel_params)
     if dry_run:
         with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
-            plan = run_logdet(source, dry_run=True, client=client, **kwargs)
+            plan = run_logdet(source, client=client, **kwargs)
         _emit(plan.summary() if as_json else plan.describe(), as_json)
         return
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         res = run_logdet(source, client=client, **kwargs)
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        res.plot().figure.savefig(plot_path, dpi=120, bbox_inches="tight")
     if as_json:
         _emit(res, True)
-    else:
+    elif res.method in ("ldl", "cholesky"):
         click.echo(f"sign = {res.sign}\nlogabsdet = {res.logabsdet!r}")
         if res.kron_outputs != 1:
             click.echo(f"matrix = {res.matrix}")
         click.echo(f"n = {res.n}, method = {res.method}, tile_size = {res.tile_size}, "
                    f"super-panels = {res.super_panels} ({res.panels_computed} computed now), "
                    f"{res.seconds:.2f} s" + (" (cached)" if res.cached else ""), err=True)
+    else:
+        low, high = res.interval
+        click.echo(f"sign = {res.sign}\nlogabsdet = {res.logabsdet!r}\ninterval = [{low!r}, {high!r}]")
+        click.echo(f"method = {res.method}, matrix rows = {res.matrix_rows}, "
+                   f"+-{100 * res.relative_halfwidth:.3g}%; {res.interval_meaning}", err=True)
+        cost = res.cost
+        click.echo(f"cost: {cost.get('entries', 0):.4g} matrix entries, {cost.get('flops', 0):.3g} flops, "
+                   f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
 
 
 @cli.command()

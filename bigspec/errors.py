@@ -37,7 +37,9 @@ FLAGS = {"tile_size": "--tile-size", "memory": "--memory", "method": "--method",
          "scale": "--scale", "overwrite": "--overwrite", "checkpoint": "--checkpoint", "dry_run": "--dry-run",
          "shuffle": "--no-shuffle", "seed": "--seed", "triangle": "--triangle", "missing_chunks": "--missing-chunks",
          "sample_size": "--sample-size", "n_samples": "--samples", "size": "--size", "degree": "--degree",
-         "regime": "--regime", "progress": "--progress", "dtype": "--dtype", "device": "--gpu"}
+         "regime": "--regime", "progress": "--progress", "dtype": "--dtype", "device": "--gpu",
+         "n_ladders": "--ladders", "probes": "--probes", "lanczos_steps": "--lanczos-steps",
+         "reorthogonalize": "--reorthogonalize", "pseudo_tol": "--pseudo-tol", "kernel": "--kernel", "X": "--data"}
 _NO = object()
 
 
@@ -178,6 +180,14 @@ class GrowthWarning(BigspecWarning):
 
 class OverwriteWarning(BigspecWarning):
     """``overwrite=True`` is about to delete data at the target that is not a bigspec store."""
+
+
+class EstimateError(BigspecError, ValueError):
+    """An estimator refuses: the sampled matrix is not in a regime it can extrapolate (the message says why)."""
+
+
+class EstimateWarning(BigspecWarning):
+    """An estimate whose assumptions visibly fail; the message names the number that shows it."""
 
 
 class KernelError(BigspecError, ValueError):

@@ -1,58 +1,104 @@
-"""Log-determinants: exact (tiled LDL^T / Cholesky); estimators come in later modules."""
+"""Log-determinants: exact (tiled LDL^T / Cholesky) and estimated (FLODANCE, SLQ, spectral), one verb."""
 
 from __future__ import annotations
 
 EXACT_METHODS = ("ldl", "cholesky")
+ESTIMATE_METHODS = ("flodance", "slq", "spectrum")
+METHODS = EXACT_METHODS + ESTIMATE_METHODS
+
+#: the options each method takes besides the common ones (shift, scale, client, device,
+#: progress, storage_options, triangle, missing_chunks)
+METHOD_OPTIONS = {
+    "ldl": ("memory", "tile_size", "checkpoint", "overwrite", "dry_run"),
+    "cholesky": ("memory", "tile_size", "checkpoint", "overwrite", "dry_run"),
+    "flodance": ("sample_size", "n_ladders", "seed", "memory", "tile_size", "pseudo_tol"),
+    "slq": ("probes", "lanczos_steps", "seed", "reorthogonalize", "tile_size"),
+    "spectrum": ("sample_size", "n_samples", "seed"),
+}
+#: methods that take ``kernel=, X=`` instead of a matrix (the matrix is never formed)
+IMPALPABLE = ("flodance", "spectrum")
 
 
-def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None,
-           checkpoint=None, overwrite=False, device="cpu", progress=None, dry_run=False,
-           storage_options=None, triangle=None, missing_chunks="error"):
-    """Log-determinant of ``scale * A + diag(shift)`` for a symmetric matrix too big for memory.
+def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
+           client=None, checkpoint=None, overwrite=None, device="cpu", progress=None, dry_run=None,
+           storage_options=None, triangle=None, missing_chunks="error", sample_size=None, n_ladders=None,
+           seed=None, pseudo_tol=None, probes=None, lanczos_steps=None, reorthogonalize=None, n_samples=None,
+           **kernel_params):
+    """Log-determinant of ``scale * A + diag(shift)``: exact, or estimated from a fraction of the matrix.
+
+    One verb for every method: the exact tiled factorizations (``"ldl"``, ``"cholesky"``) and
+    three estimators, picked by budget (science and costs in the Notes). An estimate is an
+    :class:`~bigspec.determinant.estimate.EstimateResult`: the value, an ``interval`` whose
+    meaning it states, the method's diagnostics and its ``cost``.
 
     Parameters
     ----------
-    A : MatrixStore, str, os.PathLike, zarr.Group, or numpy / dask / zarr array
+    A : MatrixStore, str, os.PathLike, zarr.Group, or numpy / dask / zarr array, optional
         The matrix: a store (path or fsspec URL) written by :func:`bigspec.from_array` or
         :func:`bigspec.form`, a ``.npy`` file or zarr array (or its path), or an array. Every
         kind is validated the same way first (:func:`bigspec.matrix.as_matrix`: square,
-        finite, symmetric, no zarr chunk left unwritten).
-    method : {"ldl", "cholesky"}
+        finite, symmetric, no zarr chunk left unwritten). Estimators take its rows to be in
+        random order (``form`` shuffles them).
+    method : {"ldl", "cholesky", "flodance", "slq", "spectrum"}
         ``"ldl"`` (default): LDL^T with Bunch-Kaufman pivoting, for symmetric, possibly
         indefinite or semidefinite matrices; pivoting starts inside each tile and reaches
         across many tiles (the whole panel where memory allows) where the element growth or a
         zero pivot shows it must. ``"cholesky"``: SPD only, fastest. Both compute in float64,
         whatever the storage dtype.
+        ``"flodance"``: exact log-determinants of the leading ``sample_size``-sample blocks
+        (one factorization each), a scaling law fitted to them and extrapolated to n
+        (Ameli et al. 2025, arXiv:2503.04424); the model and its window are chosen by held-out
+        extrapolation. ``"slq"``: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017),
+        each Lanczos step one pass over the stored tiles. ``"spectrum"``: n times the integral
+        of log|x| against the free-decompressed density of :func:`bigspec.spectrum` (Ameli et
+        al. 2025, arXiv:2506.11994).
+    kernel, X : optional
+        For ``"flodance"`` and ``"spectrum"``, instead of ``A``: a kernel (name or instance)
+        and its data (n samples); only the sampled blocks are formed, on the workers.
+        Kernel parameters (``depth=3``) follow as keywords.
     memory : "auto" or size like "4GiB"
-        Budget of the factorization's working set across all workers. It fixes the
-        super-panel width; when the matrix fits, the whole factorization runs in memory.
+        Exact methods: the factorization's working-set budget across all workers.
+        FLODANCE: the budget for one ladder's block (above it the block is factored out of core).
     tile_size : int, optional
         Tile edge for array inputs; for a store it must match the store's tiles.
     shift, scale : float or (n,) array, float
-        Factor ``scale * A + diag(shift)`` without rewriting the store (a ridge or jitter).
+        Work on ``scale * A + diag(shift)`` without rewriting the store (a ridge or jitter),
+        for every method.
     client : distributed.Client, optional
         Default: the current client, else Dask's threaded scheduler.
-    checkpoint : bool, optional
-        Keep the factor in ``<store>/factor`` so a killed run resumes. Default: on when the
-        matrix does not fit in the budget.
-    overwrite : bool
-        Replace an existing factorization in the store made with other settings.
+    checkpoint, overwrite, dry_run :
+        Exact methods: keep the factor in ``<store>/factor`` to resume; replace one made with
+        other settings; return the :class:`~bigspec.determinant.plan.Plan` without computing.
     device : {"cpu", "gpu"}
-        ``"gpu"`` runs the same graph on cupy tiles.
-    dry_run : bool
-        Return the :class:`~bigspec.determinant.plan.Plan` (tasks, flops, bytes, peak memory)
-        without computing.
+        ``"gpu"`` runs the tile kernels on cupy arrays.
     triangle : {None, "lower", "upper"}, default None
         For array inputs: None checks that both triangles agree; ``"upper"`` / ``"lower"``
-        reads the matrix from that triangle only (a matrix saved as its upper triangle).
+        reads the matrix from that triangle only.
     missing_chunks : {"error", "fill"}, default "error"
         For zarr arrays: refuse chunks that were never written, or read them as the fill value.
+    sample_size : int
+        ``"flodance"``: samples (data points) in each ladder; ``"spectrum"``: rows per sample.
+    n_ladders : int
+        ``"flodance"``: independent ladders (disjoint diagonal blocks of a store, independent
+        random subsets of ``X``); their spread is part of the interval. Default: as many as
+        fit, up to 3.
+    seed : int
+        Seeds the probes (SLQ) and the subsets of ``X`` (default 0).
+    pseudo_tol : float
+        ``"flodance"``: pivots below ``pseudo_tol * max|d|`` are numerical zeros; the ladder is
+        then of pseudo-determinants (default ``n_rows * eps``).
+    probes, lanczos_steps, reorthogonalize :
+        ``"slq"``: Rademacher probes (default 64), Lanczos steps (default 80) and full
+        reorthogonalization (default False).
+    n_samples : int
+        ``"spectrum"``: disjoint samples pooled into the density (default 4).
 
     Returns
     -------
-    LogdetResult
-        ``sign``, ``logabsdet`` (nats), timings (seconds) and I/O (bytes), pivot and growth
-        diagnostics, and ``prefix_logdet`` (log|det A[:m, :m]|).
+    LogdetResult or EstimateResult or Plan
+        Exact methods: ``sign``, ``logabsdet`` (nats), timings (seconds), I/O (bytes), pivot
+        diagnostics and ``prefix_logdet``. Estimators: ``sign``, ``logabsdet``, ``interval``
+        (nats) with ``interval_meaning``, ``settings``, ``diagnostics``, ``cost`` and ``plot()``.
 
     Raises
     ------
@@ -68,16 +114,30 @@ def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
         The store keeps one factorization in ``factor/``, and it was made with other settings
         (method, shift, scale): pass ``overwrite=True`` to replace it, or ``checkpoint=False``
         to factor without keeping it (out of core it then spills to a temporary directory).
-    TypeError, ValueError
-        An argument of the wrong kind (``overwrite="no"``, ``shift="1e-3"``, ``memory="lots"``).
+    ArgumentError, ArgumentTypeError
+        An unknown method, an option of another method (``probes=`` with ``method="ldl"``), or
+        an argument of the wrong kind or range (``sample_size`` above n, ``probes=0``).
+    EstimateError
+        An estimator refuses: the ladder is not in a regime it can extrapolate (the message
+        names the number that shows it).
 
     Warns
     -----
     SingularMatrixWarning
-        An exact zero pivot (log|det| = -inf), or pivots below ``n * eps`` of the largest
-        (numerically singular: the value is set by rounding; add ``shift=``).
+        An exact zero pivot (log|det| = -inf), or pivots below ``n * eps`` of the largest.
     GrowthWarning
         Large element growth even with pivoting across the whole remaining matrix.
+    EstimateWarning
+        An estimate whose assumptions visibly fail (saturation, a pseudo-determinant, an
+        unresolved quadrature); the interval is widened to match.
+
+    Notes
+    -----
+    Costs for an n-row matrix: the exact methods n^3/3 flops and every entry read once (out
+    of core: more, see the plan); FLODANCE ``n_ladders * (s^3/3)`` flops on blocks of
+    ``s = sample_size`` rows; SLQ ``2 * probes * lanczos_steps * n^2`` flops in
+    ``lanczos_steps`` passes over the matrix; the spectral estimate ``n_samples`` dense
+    eigendecompositions of ``sample_size`` rows.
 
     Examples
     --------
@@ -90,18 +150,78 @@ def logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0,
     True
     >>> tuple(bigspec.logdet(np.array([[0.0, 1.0], [1.0, 1.0]]), tile_size=1))   # pivots across tiles
     (-1, 0.0)
+    >>> X = np.random.default_rng(0).uniform(size=(3000, 2))
+    >>> est = bigspec.logdet(kernel="matern", X=X, lengthscale=0.1, shift=1e-2, method="flodance",
+    ...                      sample_size=600)
+    >>> est.method, est.n, est.interval[0] < est.logabsdet < est.interval[1]
+    ('flodance', 3000, True)
     """
+    from ..errors import ArgumentError, ArgumentTypeError, arg
+
+    if method is not None and not isinstance(method, str):
+        raise ArgumentTypeError(f"{arg('method')} must be a string, one of {', '.join(METHODS)}; got {method!r}")
+    if method is None and (kernel is not None or X is not None):
+        method = "flodance"
     method = method or None
-    if method is not None and method not in EXACT_METHODS:
-        from ..errors import ArgumentError, arg
+    if method is not None and method not in METHODS:
+        raise ArgumentError(f"unknown {arg('method')} {method!r}; choose one of: {', '.join(METHODS)}")
+    options = dict(memory=memory, tile_size=tile_size, checkpoint=checkpoint, overwrite=overwrite, dry_run=dry_run,
+                   sample_size=sample_size, n_ladders=n_ladders, seed=seed, pseudo_tol=pseudo_tol, probes=probes,
+                   lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, n_samples=n_samples)
+    name = method or "ldl"
+    check_options(name, {k: v for k, v in options.items() if v is not None})
+    if (kernel is not None or X is not None or kernel_params) and name not in IMPALPABLE:
+        what = "kernel parameters " + ", ".join(sorted(kernel_params)) if kernel_params and kernel is None \
+            and X is None else "kernel= and X="
+        raise ArgumentError(f"{what} (a matrix that is never formed) work with {arg('method', 'flodance')} or "
+                            f"{arg('method', 'spectrum')}; {arg('method', name)} needs the matrix: form it first "
+                            f"with bigspec.form(kernel, X, store)")
+    common = dict(shift=shift, scale=scale, client=client, device=device, progress=progress,
+                  storage_options=storage_options, triangle=triangle, missing_chunks=missing_chunks)
+    given = {k: v for k, v in options.items() if v is not None}
+    if name in EXACT_METHODS:
+        from .exact import exact_logdet
 
-        raise ArgumentError(f"unknown {arg('method')} {method!r}; choose one of: {', '.join(EXACT_METHODS)}")
-    from .exact import exact_logdet
+        if A is None:
+            raise ArgumentTypeError("logdet() needs the matrix A (a store, a path or an array)")
+        given.setdefault("overwrite", False)
+        given.setdefault("dry_run", False)
+        return exact_logdet(A, method=method, **common, **given)
+    if name == "flodance":
+        from .flodance import flodance_logdet
 
-    return exact_logdet(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
-                        client=client, checkpoint=checkpoint, overwrite=overwrite, device=device,
-                        progress=progress, dry_run=dry_run, storage_options=storage_options,
-                        triangle=triangle, missing_chunks=missing_chunks)
+        return flodance_logdet(A, kernel=kernel, X=X, **common, **given, **kernel_params)
+    if name == "slq":
+        from .slq import slq_logdet
+
+        if A is None:
+            raise ArgumentTypeError("logdet(method='slq') needs the matrix A (a store, a path or an array)")
+        return slq_logdet(A, **common, **given)
+    from .spectral import spectral_logdet
+
+    return spectral_logdet(A, kernel=kernel, X=X, **common, **given, **kernel_params)
+
+
+def check_options(method: str, given: dict) -> None:
+    """Refuse options that ``method`` does not take, naming the method(s) that do.
+
+    Examples
+    --------
+    >>> check_options("slq", {"probes": 8})
+    >>> check_options("ldl", {"probes": 8})
+    Traceback (most recent call last):
+    ...
+    bigspec.errors.ArgumentError: probes is an option of method='slq', not of method='ldl' (which takes memory, tile_size, checkpoint, overwrite, dry_run)
+    """
+    from ..errors import ArgumentError, arg, opt
+
+    for key in given:
+        if key in METHOD_OPTIONS[method]:
+            continue
+        owners = [m for m in METHODS if key in METHOD_OPTIONS[m]]
+        raise ArgumentError(
+            f"{arg(key)} is an option of " + " or ".join(arg("method", m) for m in owners)
+            + f", not of {arg('method', method)} (which takes {', '.join(arg(k) for k in METHOD_OPTIONS[method])})")
 
 
 def slogdet(A, **kwargs) -> tuple[int, float]:
