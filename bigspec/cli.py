@@ -321,7 +321,7 @@ class _LogdetCommand(click.Command):
 @click.option("--ladders", "n_ladders", type=int, default=None, help="flodance: independent ladders (default: up to 3).")
 @click.option("--samples", "n_samples", type=int, default=None, help="spectrum: disjoint samples (default 4).")
 @click.option("--probes", type=int, default=None, help="slq: Rademacher probes (default 64).")
-@click.option("--lanczos-steps", type=int, default=None, help="slq: Lanczos steps (default 80).")
+@click.option("--lanczos-steps", type=int, default=None, help="slq: Lanczos steps (default min(80, n)).")
 @click.option("--reorthogonalize", is_flag=True, default=None, help="slq: full reorthogonalization.")
 @click.option("--seed", type=int, default=None, help="Estimators: seed of the probes / subsets (default 0).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,

@@ -467,3 +467,37 @@ def _check_symmetric(stats, dtype, label):
 
 
 __all__ = ["Matrix", "TriangleView", "as_matrix", "check_dtype", "symmetry_rtol", "TRIANGLES", "MISSING_CHUNKS"]
+
+
+def tile_source(m: Matrix, tile_size: int, client, tmp: list, threads=None):
+    """What tile tasks read: a store's mirrored view, the array itself, or a temporary copy.
+
+    Tasks cannot slice a dask array, and on a cluster a numpy array would travel inside every
+    task: those are copied to a temporary store first, in a directory appended to ``tmp`` (the
+    caller removes it). A store, or the temporary directory, must be visible to every worker
+    (:func:`bigspec.cluster.require_visible`).
+    """
+    import tempfile
+
+    import zarr
+
+    from .cluster import require_visible
+    from .errors import opt
+    from .runner import Runner
+    from .store import create_matrix, write_matrix
+
+    ms = m.store
+    if ms is not None:
+        if ms.local_path is not None:
+            require_visible(client, ms.local_path, f"the store {ms.url}",
+                            "put the store on storage every worker mounts at the same path, or use a URL (s3://...)")
+        return m.source
+    if m.kind == "dask" or (m.kind == "numpy" and client is not None):
+        tmp.append(tempfile.mkdtemp(prefix="bigspec-matrix-"))
+        require_visible(client, tmp[-1], "the temporary copy of the in-memory matrix",
+                        "write the matrix to shared storage first: "
+                        + opt("bigspec.from_array(A, SHARED_PATH_OR_URL)", "`bigspec import A.npy SHARED_PATH`"))
+        copy = create_matrix(zarr.open_group(f"{tmp[-1]}/matrix.zarr", mode="w"), m.n, tile_size, m.dtype)
+        write_matrix(m, copy, Runner(client, progress=False, threads=threads))
+        return copy.view()
+    return m.source

@@ -101,3 +101,33 @@ def check_attrs(attrs) -> dict:
         raise ArgumentTypeError(f"attrs must be a dict of JSON-safe values (str, numbers, bools, None, lists, dicts): "
                         f"{e}") from None
     return dict(attrs)
+
+
+def check_scale_shift(scale, shift, n):
+    """``(scale, shift)`` of ``scale * A + diag(shift)``: shift None (zero), a float, or an (n,) float64 vector."""
+    scale = check_scale(scale)
+    if np.ndim(shift) == 0:
+        shift = check_number(shift, "shift")
+        return scale, (None if shift == 0.0 else shift)
+    shift = np.asarray(shift)
+    if shift.dtype.kind not in "biuf":
+        raise ArgumentTypeError(f"{arg('shift')} must be a number or a vector of numbers of length n={n}, got dtype "
+                                f"{shift.dtype}")
+    shift = shift.astype(np.float64)
+    if shift.shape != (n,):
+        raise ArgumentError(
+            f"{arg('shift')} must be a scalar or a vector of length n={n} (one value per diagonal entry), "
+            f"got shape {shift.shape}"
+        )
+    if not np.isfinite(shift).all():
+        raise ArgumentError(f"{arg('shift')} holds NaN or infinite values")
+    return scale, shift
+
+
+def shift_summary(shift):
+    """A JSON-safe summary of a checked shift (a float, or the range of a vector)."""
+    if shift is None:
+        return 0.0
+    if np.ndim(shift) == 0:
+        return float(shift)
+    return {"vector": True, "min": float(np.min(shift)), "max": float(np.max(shift))}

@@ -88,7 +88,7 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         ``"flodance"``: pivots below ``pseudo_tol * max|d|`` are numerical zeros; the ladder is
         then of pseudo-determinants (default ``n_rows * eps``).
     probes, lanczos_steps, reorthogonalize :
-        ``"slq"``: Rademacher probes (default 64), Lanczos steps (default 80) and full
+        ``"slq"``: Rademacher probes (default 64), Lanczos steps (default ``min(80, n)``) and full
         reorthogonalization (default False).
     n_samples : int
         ``"spectrum"``: disjoint samples pooled into the density (default 4).

@@ -44,7 +44,6 @@ from ..backend import check_device, freed_tiles_leave_the_process, namespace_of,
 from ..cluster import require_visible, resolve_client, resources
 from ..errors import (
     ArgumentError,
-    ArgumentTypeError,
     GrowthWarning,
     MemoryBudgetError,
     NonFiniteError,
@@ -58,12 +57,12 @@ from ..errors import (
     opt,
 )
 from ..form import kron_outputs
-from ..matrix import as_matrix
+from ..matrix import as_matrix, tile_source
 from ..results import LogdetResult
 from ..progress import want_progress
 from ..runner import Runner
-from ..store import check_tile_size, create_matrix, write_matrix
-from ..validate import check_flag, check_number, check_scale
+from ..store import check_tile_size
+from ..validate import check_flag, check_scale_shift, shift_summary
 from . import EXACT_METHODS as METHODS
 from . import tiles
 from .plan import make_plan, memory_budget
@@ -409,26 +408,6 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
 
 
 # --------------------------------------------------------------------------- inputs
-def _check_scale_shift(scale, shift, n):
-    scale = check_scale(scale)
-    if np.ndim(shift) == 0:
-        shift = check_number(shift, "shift")
-        return scale, (None if shift == 0.0 else shift)
-    shift = np.asarray(shift)
-    if shift.dtype.kind not in "biuf":
-        raise ArgumentTypeError(f"{arg('shift')} must be a number or a vector of numbers of length n={n}, got dtype "
-                                f"{shift.dtype}")
-    shift = shift.astype(np.float64)
-    if shift.shape != (n,):
-        raise ArgumentError(
-            f"{arg('shift')} must be a scalar or a vector of length n={n} (one value per diagonal entry), "
-            f"got shape {shift.shape}"
-        )
-    if not np.isfinite(shift).all():
-        raise ArgumentError(f"{arg('shift')} holds NaN or infinite values")
-    return scale, shift
-
-
 def _shift_digest(scale, shift):
     if shift is None:
         s = "0"
@@ -437,14 +416,6 @@ def _shift_digest(scale, shift):
     else:
         s = hashlib.sha1(np.ascontiguousarray(shift).tobytes()).hexdigest()
     return f"scale={float(scale)!r};shift={s}"
-
-
-def _shift_summary(shift):
-    if shift is None:
-        return 0.0
-    if np.ndim(shift) == 0:
-        return float(shift)
-    return {"vector": True, "min": float(np.min(shift)), "max": float(np.max(shift))}
 
 
 # --------------------------------------------------------------------------- factor store
@@ -572,7 +543,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         if checkpoint:
             raise ArgumentError(f"{arg('checkpoint', True)} needs a matrix store to keep the factor in; write one "
                                 f"with " + opt("bigspec.from_array(A, path)", "`bigspec import A.npy STORE`"))
-    scale, shift = _check_scale_shift(scale, shift, n)
+    scale, shift = check_scale_shift(scale, shift, n)
     workers, threads, worker_memory = resources(client)
     blas_threads = None
     if client is None:
@@ -640,20 +611,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         with Runner(client, progress=progress, label=f"bigspec {method}", unit="tiles", total=total, done=before,
                     note=note,
                     threads=threads, blas_threads=blas_threads, interrupted=interrupted) as runner:
-            source = m.source
-            if ms is None and (m.kind == "dask" or (m.kind == "numpy" and client is not None)):
-                # tasks cannot slice a dask array, and a numpy array would travel inside every task:
-                # copy the validated matrix to a temporary store the workers read
-                tmp.append(tempfile.mkdtemp(prefix="bigspec-matrix-"))
-                require_visible(client, tmp[-1], "the temporary copy of the in-memory matrix",
-                                "write the matrix to shared storage first: "
-                                + opt("bigspec.from_array(A, SHARED_PATH_OR_URL)", "`bigspec import A.npy SHARED_PATH`"))
-                copy = create_matrix(zarr.open_group(f"{tmp[-1]}/matrix.zarr", mode="w"), n, b, m.dtype)
-                write_matrix(m, copy, Runner(client, progress=False, threads=threads))
-                source = copy.view()
-            if ms is not None and ms.local_path is not None:
-                require_visible(client, ms.local_path, f"the store {ms.url}",
-                                "put the store on storage every worker mounts at the same path, or use a URL (s3://...)")
+            source = tile_source(m, b, client, tmp, threads=threads)
             if factor is None and not plan.in_memory:
                 tmp.append(tempfile.mkdtemp(prefix="bigspec-factor-"))
                 require_visible(client, tmp[-1], "the temporary factor (checkpoint=False, out of core)",
@@ -937,7 +895,7 @@ def _result(*, ms, factor, method, b, budget, device, scale, shift, t_start, dty
         panels_computed=run["computed"], tasks=run["tasks"], seconds=time.perf_counter() - t_start,
         bytes_read=int(summary.get("bytes_read", 0)), bytes_written=int(summary.get("bytes_written", 0)),
         memory_budget=int(budget), peak_memory_estimate=int(summary.get("peak_memory", 0)),
-        scale=scale, shift=_shift_summary(shift), max_abs_L=float(stats.get("max_abs_L") or 0.0),
+        scale=scale, shift=shift_summary(shift), max_abs_L=float(stats.get("max_abs_L") or 0.0),
         min_abs_d=float(lo) if lo is not None else float("nan"), max_abs_d=float(hi) if hi is not None else float("nan"),
         growth=growth, pivot_groups=tuple(tuple(p) for p in stats.get("pivot_groups", [])),
         singular_at=run["singular_at"], store=ms.url if ms is not None else None, device=device,

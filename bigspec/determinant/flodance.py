@@ -268,8 +268,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
     from ..cluster import require_visible, resolve_client
     from ..progress import want_progress
     from ..runner import Runner
-    from ..validate import check_number, check_seed
-    from .exact import _check_scale_shift
+    from ..validate import check_number, check_scale_shift, check_seed
 
     t0 = time.perf_counter()
     device = check_device(device)
@@ -336,7 +335,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
         rows = k.rows_per_sample()
         kron = k.n_outputs if k.kron_identity else 1
         source = f"kernel {k.name}"
-    scale, shift = _check_scale_shift(scale, shift, n * rows)
+    scale, shift = check_scale_shift(scale, shift, n * rows)
     sample_size, n_ladders = _check_sizes(sample_size, n_ladders, n)
     block_rows = sample_size * rows
     if limit is not None and block_rows ** 2 * 8 > limit:
