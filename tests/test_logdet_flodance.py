@@ -283,3 +283,22 @@ def test_estimator_options_with_an_exact_method_and_kernel_without_flodance(mate
         bigspec.logdet(K, method="flodanse")
     with pytest.raises(TypeError, match="not both"):
         bigspec.logdet(K, kernel="matern", X=X, method="flodance")
+
+
+@pytest.mark.slow
+def test_same_estimate_on_two_worker_processes(tmp_path, matern):
+    from distributed import Client, LocalCluster
+
+    X, K = matern
+    ms = bigspec.form("matern", X, str(tmp_path / "m.zarr"), tile_size=250, lengthscale=0.1, progress=False)
+    kw = dict(method="flodance", sample_size=300, shift=1e-2)
+    local = quiet(A=ms, **kw)
+    impalpable = quiet(kernel="matern", X=X, lengthscale=0.1, **kw)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        on_store = quiet(A=ms, client=client, **kw)
+        formed_there = quiet(kernel="matern", X=X, lengthscale=0.1, client=client, **kw)
+    # the ladders agree to rounding (BLAS threads differ); the nonlinear fit keeps that within 1e-6
+    assert on_store.logabsdet == pytest.approx(local.logabsdet, rel=1e-6)
+    assert formed_there.logabsdet == pytest.approx(impalpable.logabsdet, rel=1e-6)
+    assert on_store.covers(exact(K, 1e-2))

@@ -493,7 +493,9 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
         slope=slope_top, top_increment=fit["top_increment"], monotone_bound=d * fit["monotone_bound"],
         ladder_logdet=[d * a for a in anchor_all], dropped_pivots=dropped, projected_directions=projected, negative_pivots=negative,
         rank_per_sample=hi_rank, increments_change_sign=crosses, saturation_m=fit["saturation_m"],
-        floor=floor, extrapolation=n / s)
+        floor=floor, extrapolation=n / s,
+        interval_parts={k: (tuple(d * v for v in x) if isinstance(x, tuple) else d * x)
+                        for k, x in fit["interval_parts"].items()})
     meaning = ("FLODANCE interval: the near-best models' spread, widened by 2 standard errors of the chosen fit and "
                "by its held-out extrapolation error scaled to n, capped above by the monotone bound "
                "l(s) + (n - s) * (top increment)" + (" and below by the nugget floor" if floor is not None else "")

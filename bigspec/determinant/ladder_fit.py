@@ -185,7 +185,9 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
         ``held_out_scaled`` (that error scaled to the extrapolation), ``std_error``,
         ``alternatives`` (near-best candidates: model, window, estimate, score),
         ``slope`` (nu at the top of the ladder, per log m), ``top_increment``,
-        ``monotone_bound`` (the upper cap), ``curve`` (m and fitted mean increments),
+        ``monotone_bound`` (the upper cap), ``interval_parts`` (the model spread, two
+        standard errors and the scaled held-out error, nats), ``curve`` (m and fitted mean
+        increments), ``mean_increment`` (the chosen fit, a callable of m),
         ``saturation_m`` (where the extrapolated increments reach the floor, or None).
     """
     D = np.atleast_2d(np.asarray(increments, dtype=np.float64))
@@ -250,6 +252,8 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
     spread_hi = max(c["estimate"] for c in near)
     width = math.sqrt((Z * best["std_error"]) ** 2 + (HELD_OUT_FACTOR * best["held_out_scaled"]) ** 2)
     low, high = min(spread_lo, est) - width, max(spread_hi, est) + width
+    parts = dict(model_spread=(spread_lo - est, spread_hi - est), two_std_errors=Z * best["std_error"],
+                 held_out_scaled=HELD_OUT_FACTOR * best["held_out_scaled"])
 
     # what is known for certain (in expectation): E Delta is nonincreasing, and >= floor
     top = y_all[int(0.9 * s):]
@@ -279,5 +283,5 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
         slope=slope, top_increment=top_mean, monotone_bound=float(bound), noise=noise,
         curve=(curve_m, f.mean_increment(curve_m, floor)),
         mean_increment=lambda m: f.mean_increment(m, floor), saturation_m=saturation,
-        ladders=L,
+        ladders=L, interval_parts=parts,
     )
