@@ -60,7 +60,7 @@ def test_python_blocks(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib").use("Agg")
     monkeypatch.chdir(tmp_path)
     blocks = [b for b in PYTHON_BLOCKS if not needs_torch(b)]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     ns = {}
     run_blocks(blocks, ns)
     A, res = ns["A"], ns["res"]
@@ -74,6 +74,8 @@ def test_python_blocks(tmp_path, monkeypatch):
     K = open_matrix("k.zarr")
     assert dens.trace == pytest.approx(2000 * (np.mean(np.diag(K.read(0, 500, 0, 500))) + 0.1), rel=1e-12)
     assert ns["rho"].size == 32_000
+    est = ns["est"]                                                         # the spectral estimate of A
+    assert est.method == "spectrum" and est.covers(logabsdet)
 
 
 @pytest.mark.ntk
@@ -118,7 +120,7 @@ def test_cli_block(tmp_path, monkeypatch, capsys):
         for j in range(i, 3):
             U[200 * i:200 * i + 200, 200 * j:200 * j + 200] = A[200 * i:200 * i + 200, 200 * j:200 * j + 200]
     lines = cli_lines()
-    assert len(lines) == 8
+    assert len(lines) == 10
     outputs = {}
     for line in lines:
         words = shlex.split(line)
@@ -135,3 +137,6 @@ def test_cli_block(tmp_path, monkeypatch, capsys):
     spectrum = json.loads(next(v for k, v in outputs.items() if k.startswith("bigspec spectrum")))
     assert spectrum["size"] == 2000 and Path("spectrum.png").stat().st_size > 0
     assert open_matrix("k.zarr").attrs["kernel"]["params"]["nu"] == 2.5
+    est = json.loads(next(v for k, v in outputs.items() if "--method flodance --sample-size 500 --shift" in k))
+    assert est["method"] == "flodance" and est["interval"][0] < est["logabsdet"] < est["interval"][1]
+    assert Path("fl.png").stat().st_size > 0

@@ -35,6 +35,7 @@ from .ladder_fit import fit_ladder
 MIN_SAMPLES = 40           # a ladder shorter than this cannot show a scaling law
 ORDERS_MAX_ROWS = 8192     # blocks up to this many rows are also factored in other orders
 ORDERS = 4
+WIDE = 0.10               # a half-width above this fraction of the estimate is worth a warning
 
 
 # --------------------------------------------------------------------------- tile kernels
@@ -464,7 +465,7 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
         emit(f"saturation: the extrapolated increments reach the nugget floor {rows} log({shift:.3g}) = {floor:.4g} "
              f"at about m = {fit['saturation_m']} samples, below n = {n}: the power law bends there, and the interval "
              f"includes the floor", issued)
-    if abs(est) > 0 and width / abs(est) > 0.05:
+    if abs(est) > 0 and width / abs(est) > WIDE:
         emit(f"a wide interval: +-{100 * width / abs(est):.3g}% ({width:.4g} nats); the ladder of {s} samples "
              f"extrapolated {n / s:.3g}x does not pin the scaling law down (held-out error {fit['held_out_error']:.3g} "
              f"nats over the top of the ladder); a larger {arg('sample_size')} or more {arg('n_ladders')} narrow it",
