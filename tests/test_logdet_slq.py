@@ -279,3 +279,14 @@ def test_plot(K):
     ax = r.plot()
     assert ax.get_title() == "SLQ" and len(ax.lines[0].get_xdata()) == 8
     plt.close(ax.figure)
+
+
+def test_kronecker_store_is_d_times_K(tmp_path):
+    X = np.random.default_rng(11).uniform(size=(300, 2))
+    ms = bigspec.form("matern", X, str(tmp_path / "k3.zarr"), tile_size=100, lengthscale=0.3, n_outputs=3,
+                      progress=False)
+    K = ms.read(0, 300, 0, 300)
+    exact = 3 * np.linalg.slogdet(K + 0.1 * np.eye(300))[1]
+    est = bigspec.logdet(ms, method="slq", probes=16, lanczos_steps=30, seed=0, shift=0.1, progress=False)
+    assert est.kron_outputs == 3 and est.matrix_rows == 900
+    assert est.covers(exact) and est.logabsdet == pytest.approx(exact, rel=0.05)

@@ -79,9 +79,9 @@ BIGSPEC_SOURCE = "\n".join(p.read_text() for p in (NOTEBOOKS[0].parent.parent / 
 # Names in the notebooks' text that are not bigspec's and need not be: what they are.
 NOT_BIGSPEC = {"CI": "continuous integration", "USSR": "in a citation (Math. USSR-Sbornik)"}
 
-# Methods bigspec does not implement, which the notebooks must not offer. FLODANCE (Ameli et al.
-# 2025, arXiv:2503.04424) was once recommended there; remove a name once bigspec has it.
-NOT_IMPLEMENTED = ("FLODANCE",)
+# Methods bigspec does not implement, which the notebooks must not offer (FLODANCE was one until
+# bigspec had it); remove a name once bigspec has it.
+NOT_IMPLEMENTED = ()
 
 
 def _resolves(dotted: str) -> bool:

@@ -134,7 +134,7 @@ class EstimateResult(ResultMixin):
                 x = np.arange(1, len(lad) + 1)
                 ax.plot(x, lad, lw=1.0, color="0.55" if j else "C0", label="ladder (exact)" if j == 0 else None)
             x_fit, y_fit = c["fit_x"], c["fit_y"]
-            ax.plot(x_fit, y_fit, "C1--", lw=1.2, label=f"fit: {self.diagnostics.get('model', '')}")
+            ax.plot(x_fit, y_fit, "C1--", lw=1.2, label=f"fit: {self.diagnostics.get('model', '')} (shape; models averaged)")
             ax.fill_between(x_fit, c["band_low"], c["band_high"], color="C1", alpha=0.2, label="interval")
             ax.errorbar([self.n], [self.logabsdet / max(self.kron_outputs, 1)],
                         yerr=[[(self.logabsdet - self.interval[0]) / max(self.kron_outputs, 1)],

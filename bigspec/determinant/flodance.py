@@ -482,7 +482,11 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
     inside = cm <= s
     fit_y[inside] = lad0[cm[inside].astype(np.int64) - 1]
     if n - s <= 5_000_000:
-        ahead = lad0[-1] + np.cumsum(fit["mean_increment"](np.arange(s + 1, n + 1, dtype=np.float64)))
+        steps = np.cumsum(fit["mean_increment"](np.arange(s + 1, n + 1, dtype=np.float64)))
+        # the chosen model's shape, scaled to end at the estimate (an average over the models)
+        if steps[-1] != 0:
+            steps *= (fit["estimate"] - anchor) / steps[-1]
+        ahead = anchor + steps
         fit_y[~inside] = ahead[cm[~inside].astype(np.int64) - s - 1]
     ok = np.isfinite(fit_y)
     frac = np.clip((cm - s) / max(n - s, 1), 0, 1)

@@ -81,7 +81,7 @@ class _Fit:
     """One candidate: a model fitted on m in [lo, hi] to the mean increments."""
 
     def __init__(self, model: str, m, y, w, floor):
-        self.model, self.floor = model, floor
+        self.model, self.floor, self.free = model, floor, False
         self.terms = MODELS[model]
         self.m = m
         if floor is None:
@@ -102,27 +102,37 @@ class _Fit:
             self._fit_floor(m, y, w, floor)
 
     def _fit_floor(self, m, y, w, floor):
+        """``log(exp(floor) + exp(X theta))``: a known floor, or ``floor="free"`` (fitted too)."""
         from scipy.optimize import least_squares
 
         X = _design(m, self.terms)
-        above = np.log(np.maximum(np.exp(y) - math.exp(floor), 1e-300))
-        ok = np.exp(y) > math.exp(floor) * 1.5
+        free = floor == "free"
+        known = None if free else float(floor)
         start = np.zeros(X.shape[1])
-        if ok.sum() > X.shape[1]:
-            start, *_ = np.linalg.lstsq(X[ok], above[ok], rcond=None)
+        if free:
+            start, *_ = np.linalg.lstsq(X, y, rcond=None)
+            start = np.append(start, float(np.min(y)) - 3.0)
+        else:
+            above = np.log(np.maximum(np.exp(y) - math.exp(known), 1e-300))
+            ok = np.exp(y) > math.exp(known) * 1.5
+            if ok.sum() > X.shape[1]:
+                start, *_ = np.linalg.lstsq(X[ok], above[ok], rcond=None)
 
         def resid(th):
-            return (np.logaddexp(floor, X @ th) - y) * w
+            f = th[-1] if free else known
+            return (np.logaddexp(f, X @ th[:X.shape[1]]) - y) * w
 
-        r = least_squares(resid, start, method="lm" if len(m) > X.shape[1] else "trf")
-        self.coef = r.x
-        dof = max(len(m) - X.shape[1], 1)
+        r = least_squares(resid, start, method="lm" if len(m) > len(start) else "trf")
+        self.coef = r.x[:X.shape[1]]
+        self.free = free
+        self.floor = float(r.x[-1]) if free else known
+        dof = max(len(m) - len(start), 1)
         sigma2 = float(r.fun @ r.fun) / dof
         J = r.jac
         try:
             self.cov = np.linalg.pinv(J.T @ J) * sigma2
         except np.linalg.LinAlgError:
-            self.cov = np.full((X.shape[1], X.shape[1]), np.inf)
+            self.cov = np.full((len(start), len(start)), np.inf)
 
     def mean_increment(self, m, clamp: float | None = None) -> np.ndarray:
         eta = _design(m, self.terms) @ self.coef
@@ -150,6 +160,9 @@ class _Fit:
             below = value < clamp
             value, slope = np.where(below, clamp, value), np.where(below, 0.0, slope)
         g = (X * (weight * slope)[:, None]).sum(axis=0)
+        if self.free:                          # d logaddexp(f, eta) / df = 1 - d / d eta
+            unclamped = np.ones(slope.shape, bool) if clamp is None else ~below
+            g = np.append(g, float(np.sum(weight * np.where(unclamped, 1.0 - slope, 0.0))))
         return float(np.sum(weight * value)), float(math.sqrt(max(g @ self.cov @ g, 0.0)))
 
 
@@ -211,7 +224,9 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
     w_all = np.ones(s)
 
     models = list(MODELS)
-    floors = [None] + ([floor] if floor is not None else [])
+    # a known floor (the nugget), and a fitted one: a kernel's own smallest eigenvalue floors its
+    # increments too (measured: the digits NTK's at log 0.07), unknown until the ladder bends
+    floors = [None] + ([floor] if floor is not None else []) + ["free"]
     candidates = []
     for fl in floors:
         for model in models:
@@ -239,10 +254,11 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
                 # held-out error per unit of log-distance, scaled to the real extrapolation
                 scaled = max(abs(e) / _extrapolation_weight(h, s) for e, _, h in scores) * _extrapolation_weight(s, n)
                 z = math.sqrt(np.mean([(e / se) ** 2 for e, se, _ in scores]))
-                candidates.append(dict(model=model + (" + floor" if fl is not None else ""), window=lo, fit=f,
+                candidates.append(dict(model=model + {None: "", "free": " + fitted floor"}.get(fl, " + floor"),
+                                       window=lo, fit=f,
                                        estimate=anchor + fut, std_error=fut_se, held_out_error=max(
                                            abs(e) for e, _, _ in scores), held_out_scaled=scaled, score=z,
-                                       n_params=_n_params(MODELS[model])))
+                                       n_params=_n_params(MODELS[model]) + (fl == "free")))
     if not candidates:
         raise ValueError("no model could be fitted to the ladder")
     # the best scores lowest; among scores within 0.5 of it, the simplest (fewest parameters)
