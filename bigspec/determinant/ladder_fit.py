@@ -50,6 +50,7 @@ def _n_params(terms: int) -> int:
 WINDOWS = (0.05, 0.1, 0.25)     # fit from this fraction of the ladder (burn-in)
 HELD_OUT = (0.5, 0.7)           # fit up to this fraction, score the prediction of the rest
 Z = 2.0                         # standard errors in the interval (about 95% for the statistical part)
+FLOOR_GUESSES = (0.5, 1.0, 2.0, 4.0)   # floors tried this many nats below the top increments
 HELD_OUT_FACTOR = 1.0           # scaled held-out error enters the interval this many times
 
 
@@ -81,7 +82,7 @@ class _Fit:
     """One candidate: a model fitted on m in [lo, hi] to the mean increments."""
 
     def __init__(self, model: str, m, y, w, floor):
-        self.model, self.floor, self.free = model, floor, False
+        self.model, self.floor = model, floor
         self.terms = MODELS[model]
         self.m = m
         if floor is None:
@@ -102,30 +103,23 @@ class _Fit:
             self._fit_floor(m, y, w, floor)
 
     def _fit_floor(self, m, y, w, floor):
-        """``log(exp(floor) + exp(X theta))``: a known floor, or ``floor="free"`` (fitted too)."""
+        """``log(exp(floor) + exp(X theta))`` for a given floor."""
         from scipy.optimize import least_squares
 
         X = _design(m, self.terms)
-        free = floor == "free"
-        known = None if free else float(floor)
+        known = float(floor)
         start = np.zeros(X.shape[1])
-        if free:
-            start, *_ = np.linalg.lstsq(X, y, rcond=None)
-            start = np.append(start, float(np.min(y)) - 3.0)
-        else:
-            above = np.log(np.maximum(np.exp(y) - math.exp(known), 1e-300))
-            ok = np.exp(y) > math.exp(known) * 1.5
-            if ok.sum() > X.shape[1]:
-                start, *_ = np.linalg.lstsq(X[ok], above[ok], rcond=None)
+        above = np.log(np.maximum(np.exp(y) - math.exp(known), 1e-300))
+        ok = np.exp(y) > math.exp(known) * 1.5
+        if ok.sum() > X.shape[1]:
+            start, *_ = np.linalg.lstsq(X[ok], above[ok], rcond=None)
 
         def resid(th):
-            f = th[-1] if free else known
-            return (np.logaddexp(f, X @ th[:X.shape[1]]) - y) * w
+            return (np.logaddexp(known, X @ th) - y) * w
 
-        r = least_squares(resid, start, method="lm" if len(m) > len(start) else "trf")
-        self.coef = r.x[:X.shape[1]]
-        self.free = free
-        self.floor = float(r.x[-1]) if free else known
+        r = least_squares(resid, start, method="lm" if len(m) > len(start) else "trf", xtol=1e-12, ftol=1e-12,
+                          gtol=1e-12)
+        self.coef, self.floor = r.x, known
         dof = max(len(m) - len(start), 1)
         sigma2 = float(r.fun @ r.fun) / dof
         J = r.jac
@@ -160,9 +154,6 @@ class _Fit:
             below = value < clamp
             value, slope = np.where(below, clamp, value), np.where(below, 0.0, slope)
         g = (X * (weight * slope)[:, None]).sum(axis=0)
-        if self.free:                          # d logaddexp(f, eta) / df = 1 - d / d eta
-            unclamped = np.ones(slope.shape, bool) if clamp is None else ~below
-            g = np.append(g, float(np.sum(weight * np.where(unclamped, 1.0 - slope, 0.0))))
         return float(np.sum(weight * value)), float(math.sqrt(max(g @ self.cov @ g, 0.0)))
 
 
@@ -224,9 +215,14 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
     w_all = np.ones(s)
 
     models = list(MODELS)
-    # a known floor (the nugget), and a fitted one: a kernel's own smallest eigenvalue floors its
-    # increments too (measured: the digits NTK's at log 0.07), unknown until the ladder bends
-    floors = [None] + ([floor] if floor is not None else []) + ["free"]
+    # a known floor (the nugget), and floors a little below the top of the ladder: a kernel's own
+    # smallest eigenvalue floors its increments too (measured: the digits NTK's at log 0.07),
+    # unknown until the ladder bends. A fitted floor is not identified where no bend shows (a
+    # 1e-14 change of the ladder moved its extrapolation by 14 nats), so fixed offsets are tried
+    # and scored like the models
+    top_mean = float(y_all[int(0.9 * s):].mean())
+    guesses = [top_mean - g for g in FLOOR_GUESSES if floor is None or top_mean - g > floor]
+    floors = [None] + ([floor] if floor is not None else []) + guesses
     candidates = []
     for fl in floors:
         for model in models:
@@ -254,11 +250,13 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
                 # held-out error per unit of log-distance, scaled to the real extrapolation
                 scaled = max(abs(e) / _extrapolation_weight(h, s) for e, _, h in scores) * _extrapolation_weight(s, n)
                 z = math.sqrt(np.mean([(e / se) ** 2 for e, se, _ in scores]))
-                candidates.append(dict(model=model + {None: "", "free": " + fitted floor"}.get(fl, " + floor"),
-                                       window=lo, fit=f,
+                name = model if fl is None else f"{model} + floor {fl:.4g}" if fl != floor else f"{model} + floor"
+                # the guessed floors share one prior weight: together they are one hypothesis (a bend)
+                prior = 1.0 / len(guesses) if fl is not None and fl != floor else 1.0
+                candidates.append(dict(model=name, window=lo, fit=f, prior=prior,
                                        estimate=anchor + fut, std_error=fut_se, held_out_error=max(
                                            abs(e) for e, _, _ in scores), held_out_scaled=scaled, score=z,
-                                       n_params=_n_params(MODELS[model]) + (fl == "free")))
+                                       n_params=_n_params(MODELS[model]) + (fl is not None and fl != floor)))
     if not candidates:
         raise ValueError("no model could be fitted to the ladder")
     # the best scores lowest; among scores within 0.5 of it, the simplest (fewest parameters)
@@ -268,7 +266,8 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
                key=lambda c: (c["n_params"], c["score"]))
     # Bayesian-style averaging over the candidates by their held-out score: selecting one
     # candidate by a noisy score is itself noisy (measured: 1-5% swings at s = 2000)
-    wts = np.array([math.exp(-0.5 * (c["score"] ** 2 - best_score ** 2)) / c["n_params"] for c in candidates])
+    wts = np.array([c["prior"] * math.exp(-0.5 * (c["score"] ** 2 - best_score ** 2)) / c["n_params"]
+                    for c in candidates])
     wts /= wts.sum()
     est = float(sum(w * c["estimate"] for w, c in zip(wts, candidates)))
     spread_lo = min(c["estimate"] for c in near)

@@ -80,7 +80,8 @@ RESERVED_PARAMETERS = frozenset({
     "kernel", "X", "store", "A", "tile_size", "dtype", "seed", "shuffle", "client", "overwrite", "device",
     "progress", "storage_options", "sample_size", "n_samples", "size", "support", "degree", "damping", "glue",
     "grid", "delta", "atom_tol", "regime", "shift", "scale", "method", "memory", "checkpoint", "dry_run",
-    "triangle", "missing_chunks", "source", "eigenvalues", "params",
+    "triangle", "missing_chunks", "source", "eigenvalues", "params", "n_ladders", "pseudo_tol", "probes",
+    "lanczos_steps", "reorthogonalize",
 })
 
 
