@@ -302,3 +302,12 @@ def test_same_estimate_on_two_worker_processes(tmp_path, matern):
     assert on_store.logabsdet == pytest.approx(local.logabsdet, rel=1e-5)
     assert formed_there.logabsdet == pytest.approx(impalpable.logabsdet, rel=1e-5)
     assert on_store.covers(exact(K, 1e-2))
+
+
+def test_disjoint_ladders_must_fit_a_matrix_but_not_a_kernel(matern):
+    X, K = matern
+    with pytest.raises(bigspec.ArgumentError, match="disjoint diagonal blocks"):
+        bigspec.logdet(K, method="flodance", sample_size=1000, n_ladders=4)
+    est = quiet(kernel="matern", X=X, lengthscale=0.1, shift=1e-2, method="flodance", sample_size=1000, n_ladders=4)
+    assert est.settings["n_ladders"] == 4 and not est.settings["disjoint"]      # independent subsets instead
+    assert est.covers(exact(K, 1e-2))

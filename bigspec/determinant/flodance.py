@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
 from ..errors import ArgumentError, ArgumentTypeError, EstimateError, arg, opt
+from ..sampling import bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled
 from .estimate import EstimateResult, emit
 from .ladder_fit import fit_ladder
 
@@ -177,17 +178,6 @@ def _project_common_null(xp, B, s, rows, tol_rel):
     return xp.ascontiguousarray(Bp), rows - k, k
 
 
-def _kernel_block(kernel, data, device):
-    xp = get_namespace(device)
-    x = xp.asarray(data)
-    return kernel(x, x, diagonal=True)
-
-
-def kernel_ladder_task(kernel, data, rows, scale, shift, orders, seed, tol_rel, device):
-    """:func:`ladder_task` on the block a kernel forms from ``data`` (the matrix never exists)."""
-    return ladder_task(_kernel_block(kernel, data, device), rows, scale, shift, orders, seed, tol_rel, device)
-
-
 # --------------------------------------------------------------------------- the verb
 def check_count(value, name: str, low: int) -> int | None:
     """An integer option >= ``low`` (None passes through)."""
@@ -266,7 +256,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
     """
     import dask
 
-    from ..cluster import require_visible, resolve_client
+    from ..cluster import resolve_client
     from ..progress import want_progress
     from ..runner import Runner
     from ..validate import check_number, check_scale_shift, check_seed
@@ -316,28 +306,15 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
             rows = 1
         n = m.n // rows
         source = ms.url if ms is not None else f"{m.kind} array"
-        perm = ms.attrs.get("permutation") if ms is not None else None
-        if isinstance(perm, dict) and not perm.get("shuffle", True):
-            from ..spectra.sample import RandomOrderWarning
-            import warnings
-
-            warnings.warn(f"store {ms.url} was formed with shuffle=False: its leading blocks are not random samples "
-                          f"and a scaling-law extrapolation from them may be biased; form it with shuffle=True",
-                          RandomOrderWarning, stacklevel=3)
+        warn_if_unshuffled(ms, "a scaling-law extrapolation from them", stacklevel=4)
     else:
-        from ..form import _check_finite, _load_data
-        from ..kernels import get_kernel
-
-        k = get_kernel(kernel, **kernel_params)
-        Xa = _load_data(X)
-        k = k.bind(Xa)
-        _check_finite(Xa)
+        k, Xa, data = bound_kernel(kernel, X, kernel_params)
         n = int(Xa.shape[0])
         rows = k.rows_per_sample()
         kron = k.n_outputs if k.kron_identity else 1
         source = f"kernel {k.name}"
     scale, shift = check_scale_shift(scale, shift, n * rows)
-    sample_size, n_ladders = _check_sizes(sample_size, n_ladders, n)
+    sample_size, n_ladders = _check_sizes(sample_size, n_ladders, n, disjoint_only=A is not None)
     block_rows = sample_size * rows
     if limit is not None and block_rows ** 2 * 8 > limit:
         raise ArgumentError(
@@ -355,16 +332,9 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
 
     tasks = []
     if A is not None:
-        disjoint = n_ladders * sample_size <= n
+        disjoint = True
         spans = [(j * block_rows, (j + 1) * block_rows) for j in range(n_ladders)]
-        if m.kind == "numpy":
-            blocks = [m.block(r0, r1, r0, r1) for r0, r1 in spans]
-        else:
-            if ms is not None and ms.local_path is not None:
-                require_visible(client, ms.local_path, f"the store {ms.url}",
-                                "put the store on storage every worker mounts at the same path, or use a URL")
-            big = m.to_dask(ms.tile_size if ms is not None else min(block_rows, 4096))
-            blocks = [big[r0:r1, r0:r1] for r0, r1 in spans]
+        blocks = diagonal_blocks(m, spans, client)
         for (r0, r1), blk, sd in zip(spans, blocks, seeds):
             tasks.append(dask.delayed(ladder_task)(blk, rows, scale, shift_of(slice(r0, r1)), orders, sd, tol_rel,
                                                    device))
@@ -374,14 +344,13 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
 
         order = permutation(n, seed)       # the order bigspec.form(..., seed=seed) stores: the same ladders
         disjoint = n_ladders * sample_size <= n
-        data = np.asarray(k.prepare(np.asarray(Xa, dtype=np.float64)))
         k_key = dask.delayed(k, pure=True)
         for j, sd in enumerate(seeds):
             idx = order[j * sample_size:(j + 1) * sample_size] if disjoint else \
                 np.random.default_rng(sd).permutation(n)[:sample_size]
             idx_rows = (idx[:, None] * rows + np.arange(rows)[None, :]).ravel()
-            tasks.append(dask.delayed(kernel_ladder_task)(k_key, data[idx], rows, scale, shift_of(idx_rows), orders,
-                                                          sd, tol_rel, device))
+            tasks.append(dask.delayed(on_kernel_block)(ladder_task, k_key, data[idx], device, rows, scale,
+                                                       shift_of(idx_rows), orders, sd, tol_rel, device))
         entries = n_ladders * block_rows ** 2
     with Runner(client, progress=progress, label="bigspec flodance", unit="ladders", total=n_ladders,
                 interrupted=lambda: "no estimate was computed; FLODANCE writes nothing, so run it again") as runner:
@@ -391,7 +360,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
                      entries=entries, t0=t0, block_rows=block_rows)
 
 
-def _check_sizes(sample_size, n_ladders, n):
+def _check_sizes(sample_size, n_ladders, n, disjoint_only=False):
     if n < MIN_SAMPLES:
         raise ArgumentError(f"the matrix has {n} samples; FLODANCE needs ladders of at least {MIN_SAMPLES} samples: "
                             f"compute the exact log-determinant ({arg('method', 'ldl')}) instead")
@@ -407,6 +376,11 @@ def _check_sizes(sample_size, n_ladders, n):
     fit = max(n // sample_size, 1)
     if n_ladders is None:
         n_ladders = min(3, fit)
+    elif disjoint_only and n_ladders > fit:
+        raise ArgumentError(
+            f"{arg('n_ladders', n_ladders)} disjoint diagonal blocks of {sample_size} samples need "
+            f"{n_ladders * sample_size} samples, but the matrix has {n}; use {arg('n_ladders', fit)} or a smaller "
+            f"{arg('sample_size')} (with kernel= and X=, ladders may also be independent subsets)")
     return sample_size, n_ladders
 
 

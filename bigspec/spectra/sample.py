@@ -8,25 +8,21 @@ never formed.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
-from ..errors import ArgumentTypeError, BigspecWarning, arg
+from ..errors import ArgumentTypeError, arg
+from ..sampling import RandomOrderWarning, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
 from .free import InvalidSpectrumError, free_decompress
 
 
-def _eigvalsh_block(block, device: str) -> np.ndarray:
+def _eigvalsh(block, device: str) -> np.ndarray:
+    """Sorted eigenvalues (float64, host) of one sampled block, computed on ``device``."""
     xp = get_namespace(device)
-    a = xp.asarray(np.asarray(block, dtype=np.float64))
+    a = xp.asarray(block, dtype=xp.float64) if hasattr(block, "__cuda_array_interface__") else \
+        xp.asarray(np.asarray(block, dtype=np.float64))
     return np.sort(to_host(xp.linalg.eigvalsh(a)))
-
-
-def _eigvalsh_kernel(kernel, data, device: str) -> np.ndarray:
-    xp = get_namespace(device)
-    x = xp.asarray(data)
-    return np.sort(to_host(xp.linalg.eigvalsh(xp.asarray(kernel(x, x, diagonal=True), dtype=xp.float64))))
 
 
 def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size=None, seed=0, client=None,
@@ -90,7 +86,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     """
     import dask
 
-    from ..cluster import require_visible, resolve_client
+    from ..cluster import resolve_client
     from ..progress import want_progress
     from ..runner import Runner
     from ..validate import check_seed
@@ -117,43 +113,25 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                       client=client)
         n = m.n
         ms = m.store
-        perm = ms.attrs.get("permutation") if ms is not None else None
-        if isinstance(perm, dict) and not perm.get("shuffle", True):
-            warnings.warn(
-                f"store {ms.url} was formed with shuffle=False: its "
-                "diagonal blocks are not random samples and the density may be biased; form it with shuffle=True",
-                RandomOrderWarning, stacklevel=2)
+        warn_if_unshuffled(ms, "the density")
         sample_size = check_sample_size(sample_size, n, n_samples)
         spans = [(j * sample_size, (j + 1) * sample_size) for j in range(n_samples)]
-        if m.kind == "numpy":   # in memory: slice here, so a task carries its block, not the matrix
-            blocks = [m.block(r0, r1, r0, r1) for r0, r1 in spans]
-        else:                   # stores, zarr and dask arrays: the workers read their blocks
-            if ms is not None and ms.local_path is not None:
-                require_visible(client, ms.local_path, f"the store {ms.url}",
-                                "put the store on storage every worker mounts at the same path, or use a URL")
-            big = m.to_dask(ms.tile_size if ms is not None else min(sample_size, 4096))
-            blocks = [big[r0:r1, r0:r1] for r0, r1 in spans]
-        tasks = [dask.delayed(_eigvalsh_block)(blk, device) for blk in blocks]
+        blocks = diagonal_blocks(m, spans, client)
+        tasks = [dask.delayed(_eigvalsh)(blk, device) for blk in blocks]
         source = ms.url if ms is not None else f"{m.kind} array"
         rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
         from ..form import kron_outputs
 
         kron = kron_outputs(ms) if ms is not None else 1
     else:
-        from ..form import _check_finite, _load_data
-        from ..kernels import get_kernel
-
-        k = get_kernel(kernel, **kernel_params)
-        Xa = _load_data(X)
-        k = k.bind(Xa)
-        _check_finite(Xa)
+        k, Xa, data = bound_kernel(kernel, X, kernel_params)
         n = int(Xa.shape[0])
         sample_size = check_sample_size(sample_size, n, n_samples)
         order = np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
-        data = np.asarray(k.prepare(np.asarray(Xa, dtype=np.float64)))
         k_key = dask.delayed(k, pure=True)
-        tasks = [dask.delayed(_eigvalsh_kernel)(k_key, data[np.sort(order[j * sample_size:(j + 1) * sample_size])],
-                                                device) for j in range(n_samples)]
+        tasks = [dask.delayed(on_kernel_block)(_eigvalsh, k_key, data[np.sort(order[j * sample_size:(j + 1) *
+                                                                                   sample_size])], device, device)
+                 for j in range(n_samples)]
         source = f"kernel {k.name}"
         rows = k.rows_per_sample()     # matrix rows per data point (K (x) I_d stores K: 1)
         kron = k.n_outputs if k.kron_identity else 1
@@ -216,5 +194,3 @@ def check_sample_size(sample_size, n, n_samples):
     return sample_size
 
 
-class RandomOrderWarning(BigspecWarning):
-    """The store's rows are not in random order, so its diagonal blocks are not random samples."""
