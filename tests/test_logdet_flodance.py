@@ -311,3 +311,28 @@ def test_disjoint_ladders_must_fit_a_matrix_but_not_a_kernel(matern):
     est = quiet(kernel="matern", X=X, lengthscale=0.1, shift=1e-2, method="flodance", sample_size=1000, n_ladders=4)
     assert est.settings["n_ladders"] == 4 and not est.settings["disjoint"]      # independent subsets instead
     assert est.covers(exact(K, 1e-2))
+
+
+def test_an_indefinite_matrix_is_refused():
+    rng = np.random.default_rng(12)
+    G = rng.standard_normal((800, 800))
+    A = (G + G.T) / np.sqrt(1600)                   # GOE: half its eigenvalues negative
+    with pytest.raises(bigspec.EstimateError, match="negative pivots"):
+        bigspec.logdet(A, method="flodance", sample_size=200)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method, options", [("flodance", dict(sample_size=300)),
+                                             ("spectrum", dict(sample_size=300, n_samples=2)),
+                                             ("slq", dict(probes=8, lanczos_steps=20))])
+def test_estimators_on_a_gpu_match_the_cpu(matern, method, options):
+    from conftest import HAS_GPU
+
+    if not HAS_GPU:
+        pytest.skip("no CUDA device / cupy")
+    X, K = matern
+    source = dict(A=K) if method == "slq" else dict(kernel="matern", X=X, lengthscale=0.1)
+    cpu = quiet(method=method, shift=1e-2, **source, **options)
+    gpu = quiet(method=method, shift=1e-2, device="gpu", **source, **options)
+    assert gpu.logabsdet == pytest.approx(cpu.logabsdet, rel=1e-5)
+    assert gpu.covers(exact(K, 1e-2)) == cpu.covers(exact(K, 1e-2))

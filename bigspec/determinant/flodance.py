@@ -236,8 +236,9 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
     ArgumentError, ArgumentTypeError
         ``sample_size`` out of [40, n], ``n_ladders`` that do not fit, options of the wrong kind.
     EstimateError
-        The ladder is not in a regime a scaling law can extrapolate: its mean increment grows
-        with m (an indefinite matrix, or rows not in random order), or the rank stops growing.
+        The ladder is not in a regime a scaling law can extrapolate: negative pivots (an
+        indefinite matrix), a mean increment that grows with m (rows not in random order), or
+        a rank that stops growing.
 
     Warns
     -----
@@ -419,9 +420,10 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
              f"log pdet assuming the rank grows by that much per sample", issued)
     sign = 1
     if negative:
-        sign = 0
-        emit(f"{negative} negative pivots in the ladder: the matrix is not positive semidefinite, the scaling law of "
-             f"positive definite kernels does not apply and the sign is not estimated (sign = 0)", issued)
+        raise EstimateError(
+            f"{negative} negative pivots in the ladder (beyond {tol_rel:.3g} x max(diag)): the matrix is not positive "
+            f"semidefinite, so the scaling law of kernel matrices does not apply and neither its sign nor its "
+            f"log|det| can be extrapolated; compute it exactly ({arg('method', 'ldl')})")
     floor = None
     if shift is not None and np.ndim(shift) == 0 and shift > 0 and not negative:
         floor = rows * math.log(shift)                # every increment >= d log(sigma^2)
