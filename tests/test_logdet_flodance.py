@@ -325,11 +325,9 @@ def test_an_indefinite_matrix_is_refused():
 @pytest.mark.parametrize("method, options", [("flodance", dict(sample_size=300)),
                                              ("spectrum", dict(sample_size=300, n_samples=2)),
                                              ("slq", dict(probes=8, lanczos_steps=20))])
-def test_estimators_on_a_gpu_match_the_cpu(matern, method, options):
-    from conftest import HAS_GPU
-
-    if not HAS_GPU:
-        pytest.skip("no CUDA device / cupy")
+def test_estimators_on_a_gpu_match_the_cpu(xp, matern, method, options):
+    if xp is np:
+        pytest.skip("GPU-only test")
     X, K = matern
     source = dict(A=K) if method == "slq" else dict(kernel="matern", X=X, lengthscale=0.1)
     cpu = quiet(method=method, shift=1e-2, **source, **options)
