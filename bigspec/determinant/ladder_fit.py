@@ -51,6 +51,7 @@ WINDOWS = (0.05, 0.1, 0.25)     # fit from this fraction of the ladder (burn-in)
 HELD_OUT = (0.5, 0.7)           # fit up to this fraction, score the prediction of the rest
 Z = 2.0                         # standard errors in the interval (about 95% for the statistical part)
 FLOOR_GUESSES = (0.5, 1.0, 2.0, 4.0)   # floors tried this many nats below the top increments
+GUESS_PRIOR = 0.25                     # their prior weight, together, against 1 for each other model
 HELD_OUT_FACTOR = 1.0           # scaled held-out error enters the interval this many times
 
 
@@ -251,8 +252,10 @@ def fit_ladder(increments, *, anchor: float, n: int, floor: float | None = None,
                 scaled = max(abs(e) / _extrapolation_weight(h, s) for e, _, h in scores) * _extrapolation_weight(s, n)
                 z = math.sqrt(np.mean([(e / se) ** 2 for e, se, _ in scores]))
                 name = model if fl is None else f"{model} + floor {fl:.4g}" if fl != floor else f"{model} + floor"
-                # the guessed floors share one prior weight: together they are one hypothesis (a bend)
-                prior = 1.0 / len(guesses) if fl is not None and fl != floor else 1.0
+                # the guessed floors share a quarter of one prior weight: together they are one hypothesis
+                # (a bend not yet seen), less likely than the law the ladder shows; the interval still
+                # spans them where they score near the best
+                prior = GUESS_PRIOR / len(guesses) if fl is not None and fl != floor else 1.0
                 candidates.append(dict(model=name, window=lo, fit=f, prior=prior,
                                        estimate=anchor + fut, std_error=fut_se, held_out_error=max(
                                            abs(e) for e, _, _ in scores), held_out_scaled=scaled, score=z,
