@@ -324,6 +324,8 @@ class _LogdetCommand(click.Command):
 @click.option("--lanczos-steps", type=int, default=None, help="slq: Lanczos steps (default min(80, n)).")
 @click.option("--reorthogonalize", is_flag=True, default=None, help="slq: full reorthogonalization.")
 @click.option("--seed", type=int, default=None, help="Estimators: seed of the probes / subsets (default 0).")
+@click.option("--pseudo-tol", type=float, default=None,
+              help="flodance: pivots below this times max(diag) are dropped (pseudo-determinant).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Estimators: save the estimate's picture (FLODANCE: ladder, fit and band).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -331,7 +333,7 @@ class _LogdetCommand(click.Command):
 @click.pass_context
 def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, scale, triangle, missing_chunks,
            checkpoint, overwrite, dry_run, sample_size, n_ladders, n_samples, probes, lanczos_steps, reorthogonalize,
-           seed, plot_path, as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+           seed, pseudo_tol, plot_path, as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Log-determinant of MATRIX (a store, a .npy file or a zarr array): exact by tiled LDL^T / Cholesky (out of
     core), or estimated (--method flodance / slq / spectrum; flodance and spectrum also from --kernel and --data
     without forming the matrix)."""
@@ -356,10 +358,10 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
     elif kernel is None or data is None:
         raise click.UsageError("--kernel and --data go together")
     if kernel is not None and method is None:
-        method = "flodance"
+        raise click.UsageError("--kernel and --data never form the matrix: choose --method flodance or spectrum")
     options = dict(memory=memory, tile_size=tile_size, checkpoint=checkpoint, overwrite=overwrite, dry_run=dry_run,
                    sample_size=sample_size, n_ladders=n_ladders, n_samples=n_samples, probes=probes,
-                   lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, seed=seed)
+                   lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, seed=seed, pseudo_tol=pseudo_tol)
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     if plot_path and given.get("overwrite") and (method or "ldl") not in ("ldl", "cholesky"):
         del given["overwrite"]                          # with an estimate --overwrite replaces the --plot file

@@ -334,3 +334,40 @@ def test_estimators_on_a_gpu_match_the_cpu(xp, matern, method, options):
     gpu = quiet(method=method, shift=1e-2, device="gpu", **source, **options)
     assert gpu.logabsdet == pytest.approx(cpu.logabsdet, rel=1e-5)
     assert gpu.covers(exact(K, 1e-2)) == cpu.covers(exact(K, 1e-2))
+
+
+def test_a_kernel_needs_an_estimator_named():
+    X = np.random.default_rng(13).uniform(size=(200, 2))
+    with pytest.raises(bigspec.ArgumentError, match="choose method='flodance' or method='spectrum'"):
+        bigspec.logdet(kernel="rbf", X=X)
+
+
+def test_wishart_ladders_are_refused_or_warned():
+    # a Gram matrix of p features (p a little above n): its increments log(1 - m/p) fall ever faster
+    Z = np.random.default_rng(0).standard_normal((2000, 2200))
+    A = Z @ Z.T / 2200
+    with pytest.raises(bigspec.EstimateError, match="fall ever faster"):
+        bigspec.logdet(A, method="flodance", sample_size=1000)
+    with pytest.warns(bigspec.EstimateWarning, match="ever slower decline"):
+        bigspec.logdet(A, method="flodance", sample_size=300)
+
+
+def test_cli_estimator_errors_speak_in_flags(tmp_path, capsys):
+    from bigspec.cli import main
+
+    np.save(tmp_path / "X.npy", np.random.default_rng(14).uniform(size=(300, 2)))
+    cases = [
+        (["--kernel", "rbf", "--data", str(tmp_path / "X.npy"), "--method", "slq"], ["--kernel", "bigspec form"]),
+        (["--kernel", "rbf", "--data", str(tmp_path / "X.npy"), "--method", "flodance", "--probes", "3"],
+         ["--probes is an option of --method slq", "--pseudo-tol"]),
+        (["--kernel", "rbf", "--data", str(tmp_path / "X.npy"), "--method", "flodance", "--sample-size", "500"],
+         ["--sample-size 500 is larger"]),
+    ]
+    for args, needles in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["logdet", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 1, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+        assert "kernel=" not in err and "sample_size=" not in err

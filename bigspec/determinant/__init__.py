@@ -53,14 +53,16 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         of log|x| against the free-decompressed density of :func:`bigspec.spectrum` (Ameli et
         al. 2025, arXiv:2506.11994).
     kernel, X : optional
-        For ``"flodance"`` and ``"spectrum"``, instead of ``A``: a kernel (name or instance)
-        and its data (n samples); only the sampled blocks are formed, on the workers.
-        Kernel parameters (``depth=3``) follow as keywords.
+        For ``"flodance"`` and ``"spectrum"`` (name one: without a matrix there is no exact
+        method), instead of ``A``: a kernel (name or instance) and its data (n samples); only
+        the sampled blocks are formed, on the workers. Kernel parameters (``depth=3``) follow
+        as keywords.
     memory : "auto" or size like "4GiB"
         Exact methods: the factorization's working-set budget across all workers.
         FLODANCE: the budget for one ladder's block (above it the block is factored out of core).
     tile_size : int, optional
-        Tile edge for array inputs; for a store it must match the store's tiles.
+        Exact methods, FLODANCE and SLQ: the tile edge for array inputs; for a store it must
+        match the store's tiles.
     shift, scale : float or (n,) array, float
         Work on ``scale * A + diag(shift)`` without rewriting the store (a ridge or jitter),
         for every method.
@@ -160,8 +162,11 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
 
     if method is not None and not isinstance(method, str):
         raise ArgumentTypeError(f"{arg('method')} must be a string, one of {', '.join(METHODS)}; got {method!r}")
+    from ..errors import kw, opt
+
     if method is None and (kernel is not None or X is not None):
-        method = "flodance"
+        raise ArgumentError(f"{kw('kernel')} and {kw('X')} never form the matrix, so its log-determinant can only be "
+                            f"estimated: choose {arg('method', 'flodance')} or {arg('method', 'spectrum')}")
     method = method or None
     if method is not None and method not in METHODS:
         raise ArgumentError(f"unknown {arg('method')} {method!r}; choose one of: {', '.join(METHODS)}")
@@ -172,10 +177,10 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
     check_options(name, {k: v for k, v in options.items() if v is not None})
     if (kernel is not None or X is not None or kernel_params) and name not in IMPALPABLE:
         what = "kernel parameters " + ", ".join(sorted(kernel_params)) if kernel_params and kernel is None \
-            and X is None else "kernel= and X="
+            and X is None else f"{kw('kernel')} and {kw('X')}"
         raise ArgumentError(f"{what} (a matrix that is never formed) work with {arg('method', 'flodance')} or "
                             f"{arg('method', 'spectrum')}; {arg('method', name)} needs the matrix: form it first "
-                            f"with bigspec.form(kernel, X, store)")
+                            f"with " + opt("bigspec.form(kernel, X, store)", "`bigspec form KERNEL DATA STORE`"))
     common = dict(shift=shift, scale=scale, client=client, device=device, progress=progress,
                   storage_options=storage_options, triangle=triangle, missing_chunks=missing_chunks)
     given = {k: v for k, v in options.items() if v is not None}

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
-from ..errors import ArgumentError, ArgumentTypeError, EstimateError, arg, opt
+from ..errors import ArgumentError, ArgumentTypeError, EstimateError, arg, kw, opt
 from ..sampling import bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled
 from .estimate import EstimateResult, emit
 from .ladder_fit import fit_ladder
@@ -36,6 +36,8 @@ from .ladder_fit import fit_ladder
 MIN_SAMPLES = 40           # a ladder shorter than this cannot show a scaling law
 ORDERS_MAX_ROWS = 8192     # blocks up to this many rows are also factored in other orders
 ORDERS = 4
+CONCAVE_T = -3.0          # a curvature t below this: the increments fall ever faster (refused)
+CONVEX_T = 2.0            # below this the ladder does not show a scaling law's convex decline (warned)
 WIDE = 0.10               # a half-width above this fraction of the estimate is worth a warning
 
 
@@ -287,7 +289,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
                                     "(and not neither)",
                                     "give either a MATRIX or --kernel and --data, not both (and not neither)"))
     if kernel is not None and X is None:
-        raise ArgumentTypeError(f"{arg('kernel')} needs the data {arg('X')} too")
+        raise ArgumentTypeError(f"{kw('kernel')} needs the data {kw('X')} too")
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     seeds = [int(v) for v in rng.integers(0, 2 ** 31, size=64)]  # the extra orders of each ladder
     if A is not None:
@@ -381,7 +383,7 @@ def _check_sizes(sample_size, n_ladders, n, disjoint_only=False):
         raise ArgumentError(
             f"{arg('n_ladders', n_ladders)} disjoint diagonal blocks of {sample_size} samples need "
             f"{n_ladders * sample_size} samples, but the matrix has {n}; use {arg('n_ladders', fit)} or a smaller "
-            f"{arg('sample_size')} (with kernel= and X=, ladders may also be independent subsets)")
+            f"{arg('sample_size')} (from {kw('kernel')} and {kw('X')}, ladders may also be independent subsets)")
     return sample_size, n_ladders
 
 
@@ -434,11 +436,24 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
             f"the mean per-sample increment of the ladder grows with m (slope {slope_top:.3g} per log m at m = {s}): "
             f"for a positive semidefinite matrix in random order it can only shrink, so this is not a kernel matrix "
             f"in random order (sorted rows, or an indefinite matrix); compute it exactly ({arg('method', 'ldl')})")
+    t_curv = fit["curvature_t"]
+    if t_curv < CONCAVE_T:
+        raise EstimateError(
+            f"the ladder's per-sample increments fall ever faster (their curvature in m over the top 3/4 of the "
+            f"ladder has t = {t_curv:.3g}), which no scaling law does: the matrix behaves like a Gram matrix of "
+            f"finitely many features (Z Z^T with a few more columns than rows), whose log-determinant FLODANCE cannot "
+            f"extrapolate; use {arg('method', 'slq')} or an exact method ({arg('method', 'ldl')})")
+    if t_curv < CONVEX_T:
+        emit(f"the ladder does not show the ever slower decline of a scaling law (curvature t = {t_curv:.3g} in m, "
+             f"below {CONVEX_T}): the extrapolation rests on the matrix being a kernel or NTK matrix; for a Gram matrix "
+             f"of finitely many features (Z Z^T) it can be too high, beyond its interval, with no sign in the ladder; "
+             f"a larger {arg('sample_size')} shows more of the curve", issued)
     d = kron
     est, low, high = d * fit["estimate"], d * fit["low"], d * fit["high"]
     width = (high - low) / 2
     if fit["saturation_m"] is not None and fit["saturation_m"] < n:
-        emit(f"saturation: the extrapolated increments reach the nugget floor {rows} log({shift:.3g}) = {floor:.4g} "
+        emit(f"saturation: the extrapolated increments reach the nugget floor "
+             f"{'' if rows == 1 else f'{rows} x '}log({shift:.3g}) = {floor:.4g} "
              f"at about m = {fit['saturation_m']} samples, below n = {n}: the power law bends there, and the interval "
              f"includes the floor", issued)
     if abs(est) > 0 and width / abs(est) > WIDE:
@@ -474,7 +489,7 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
         slope=slope_top, top_increment=fit["top_increment"], monotone_bound=d * fit["monotone_bound"],
         ladder_logdet=[d * a for a in anchor_all], dropped_pivots=dropped, projected_directions=projected, negative_pivots=negative,
         rank_per_sample=hi_rank, increments_change_sign=crosses, saturation_m=fit["saturation_m"],
-        floor=floor, extrapolation=n / s,
+        floor=floor, extrapolation=n / s, curvature_t=t_curv,
         interval_parts={k: (tuple(d * v for v in x) if isinstance(x, tuple) else d * x)
                         for k, x in fit["interval_parts"].items()})
     meaning = ("FLODANCE interval: the near-best models' spread, widened by 2 standard errors of the chosen fit and "
