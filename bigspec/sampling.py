@@ -48,6 +48,16 @@ def diagonal_blocks(m, spans, client) -> list:
     return [big[r0:r1, r0:r1] for r0, r1 in spans]
 
 
+def as_float64(block, device: str):
+    """A sampled block as a fresh float64 array on ``device`` (it may arrive as numpy, dask or cupy)."""
+    from .backend import get_namespace
+
+    xp = get_namespace(device)
+    if hasattr(block, "__cuda_array_interface__"):
+        return block.astype(xp.float64)
+    return xp.asarray(np.array(block, dtype=np.float64))
+
+
 def kernel_block(kernel, data, device: str):
     """The block ``kernel(data, data)`` formed on the task's device (numpy or cupy)."""
     from .backend import get_namespace

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
 from ..errors import ArgumentError, ArgumentTypeError, EstimateError, arg, kw, opt
-from ..sampling import bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled
+from ..sampling import as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled
 from .estimate import EstimateResult, emit
 from .ladder_fit import fit_ladder
 
@@ -123,8 +123,7 @@ def ladder_task(block, rows: int, scale: float, shift, orders: int, seed: int, t
     negative pivots per sample, and ``diag_max`` (the scale of the drop tolerance).
     """
     xp = get_namespace(device)
-    B = xp.asarray(np.asarray(block, dtype=np.float64)) if not hasattr(block, "__cuda_array_interface__") \
-        else block.astype(xp.float64)
+    B = as_float64(block, device)
     if scale != 1.0:
         B = B * scale
     if shift is not None:
@@ -290,8 +289,6 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
                                     "give either a MATRIX or --kernel and --data, not both (and not neither)"))
     if kernel is not None and X is None:
         raise ArgumentTypeError(f"{kw('kernel')} needs the data {kw('X')} too")
-    rng = np.random.default_rng(np.random.SeedSequence(seed))
-    seeds = [int(v) for v in rng.integers(0, 2 ** 31, size=64)]  # the extra orders of each ladder
     if A is not None:
         from ..form import kron_outputs
         from ..matrix import as_matrix
@@ -325,8 +322,8 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
             f"{arg('memory', memory)}; use a smaller {arg('sample_size')} or a larger {arg('memory')}")
     orders = ORDERS if block_rows <= ORDERS_MAX_ROWS else 1
     tol_rel = pseudo_tol if pseudo_tol is not None else block_rows * np.finfo(np.float64).eps
-    seeds = seeds[:n_ladders] if n_ladders <= len(seeds) else \
-        seeds + [int(v) for v in rng.integers(0, 2 ** 31, size=n_ladders - len(seeds))]
+    # each ladder's extra sample orders (and, with kernel= beyond disjoint subsets, its subset)
+    seeds = [int(v) for v in np.random.default_rng(np.random.SeedSequence(seed)).integers(0, 2 ** 31, size=n_ladders)]
 
     def shift_of(idx_rows):
         if shift is None or np.ndim(shift) == 0:

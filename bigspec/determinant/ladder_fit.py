@@ -85,7 +85,6 @@ class _Fit:
     def __init__(self, model: str, m, y, w, floor):
         self.model, self.floor = model, floor
         self.terms = MODELS[model]
-        self.m = m
         if floor is None:
             A = _design(m, self.terms) * w[:, None]
             s = np.abs(A).max(axis=0)

@@ -13,16 +13,13 @@ import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
 from ..errors import ArgumentTypeError, arg
-from ..sampling import RandomOrderWarning, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
+from ..sampling import RandomOrderWarning, as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
 from .free import InvalidSpectrumError, free_decompress
 
 
 def _eigvalsh(block, device: str) -> np.ndarray:
     """Sorted eigenvalues (float64, host) of one sampled block, computed on ``device``."""
-    xp = get_namespace(device)
-    a = xp.asarray(block, dtype=xp.float64) if hasattr(block, "__cuda_array_interface__") else \
-        xp.asarray(np.asarray(block, dtype=np.float64))
-    return np.sort(to_host(xp.linalg.eigvalsh(a)))
+    return np.sort(to_host(get_namespace(device).linalg.eigvalsh(as_float64(block, device))))
 
 
 def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size=None, seed=0, client=None,
