@@ -318,7 +318,7 @@ class _LogdetCommand(click.Command):
 @click.option("--dry-run", is_flag=True, default=None, help="Exact: print tasks, flops, bytes and peak memory; compute "
                                                            "nothing.")
 @click.option("--sample-size", type=int, default=None, help="flodance: samples per ladder; spectrum: rows per sample.")
-@click.option("--ladders", "n_ladders", type=int, default=None, help="flodance: independent ladders (default: up to 3).")
+@click.option("--ladders", "n_ladders", type=int, default=None, help="flodance: independent ladders (default: up to 8).")
 @click.option("--samples", "n_samples", type=int, default=None, help="spectrum: disjoint samples (default 4).")
 @click.option("--probes", type=int, default=None, help="slq: Rademacher probes (default 64).")
 @click.option("--lanczos-steps", type=int, default=None, help="slq: Lanczos steps (default min(80, n)).")

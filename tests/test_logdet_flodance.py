@@ -86,6 +86,49 @@ def test_fit_recovers_a_power_law_and_covers_it():
     assert abs(fit["estimate"] - truth) / abs(truth) < 0.01
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_learning_curve_bends_to_the_nugget_like_the_self_consistent_sum(rows):
+    """The floored model against Sollich's self-consistent learning curve, summed over a
+    power-law spectrum lambda_k = c k^-2 (no continuum approximation): far above the nugget the
+    slope is the noise-free one (-1), near it the noisy one (-1/2)."""
+    from scipy.optimize import brentq
+
+    from bigspec.determinant.ladder_fit import _design, _Fit
+
+    c, eta = 0.5, 1e-6
+    lam = c * np.arange(1, 2_000_001, dtype=float) ** -2.0
+
+    def eps(m):
+        def tail(t):   # the sum beyond the array, as its integral from k = 2e6 + 1/2
+            r = np.sqrt(t / (m * c))
+            return c * t / np.sqrt(t * m * c) * (np.pi / 2 - np.arctan((lam.size + 0.5) * r))
+
+        return brentq(lambda e: e - np.sum(lam * (eta + e) / (eta + e + m * lam)) - tail(eta + e), 1e-14, 10.0)
+
+    f = _Fit.__new__(_Fit)
+    f.model, f.terms, f.floor, f.rows, f.bend = "power", 0, rows * np.log(eta), rows, "learning"
+    f.coef = np.array([rows * np.log((np.pi / 2) ** 2 * c), -1.0 * rows])   # noise-free eps = (pi/2)^2 c / m
+    for m in (100.0, 3e4, 1e6, 3e7):
+        want = rows * np.log(eta + eps(m))
+        got = float(f._learning_curve(_design(np.array([m]), 0), f.coef)[0])
+        assert got == pytest.approx(want, abs=0.03 * rows), m
+    above = lambda m: np.log(np.exp(f.mean_increment(np.array([m]))[0] / rows) - eta)   # noqa: E731
+    assert (above(20.0) - above(10.0)) / np.log(2) == pytest.approx(-1.0, abs=0.01)
+    assert (above(2e12) - above(1e12)) / np.log(2) == pytest.approx(-0.5, abs=0.01)
+
+
+def test_flodance_within_1_5_percent_on_a_matern_kernel_with_a_nugget():
+    """Matérn-3/2 on uniform points in [0, 1]^3 with nugget 1e-3 (the benchmark's kind, n = 8000):
+    from 1000 samples extrapolated 8x, within 1.5% of numpy's slogdet and covered."""
+    X = np.random.default_rng(1).uniform(size=(8000, 3))
+    K = kernel_matrix("matern", X, nu=1.5, lengthscale=0.2)
+    truth = exact(K, 1e-3)
+    est = quiet(A=K, method="flodance", sample_size=1000, shift=1e-3)
+    assert est.settings["n_ladders"] == 8
+    assert abs(est.logabsdet - truth) / abs(truth) < 0.015
+    assert est.covers(truth)
+
+
 def test_fit_caps_the_interval_with_the_nugget_floor_and_the_monotone_bound():
     rng = np.random.default_rng(5)
     m = np.arange(1, 801)

@@ -83,7 +83,7 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
     n_ladders : int
         ``"flodance"``: independent ladders (disjoint diagonal blocks of a store, independent
         random subsets of ``X``); their spread is part of the interval. Default: as many as
-        fit, up to 3.
+        fit, up to 8.
     seed : int
         Seeds the probes (SLQ) and the subsets of ``X`` (default 0).
     pseudo_tol : float
