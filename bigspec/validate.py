@@ -45,6 +45,24 @@ def check_number(value, name: str) -> float:
     return value
 
 
+def check_count(value, name: str, low: int | None = 1, high: int | None = None, why: str = "",
+                allow_none: bool = False) -> int | None:
+    """A count (``probes``, ``n_ladders``, ``grid``): an integer in [low, high] (None: unbounded).
+
+    Booleans and floats (``probes=1.5``, ``probes=True``) are refused; ``why`` is appended to
+    the range error (``" (the matrix has n=10 rows)"``).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise ArgumentTypeError(f"{arg(name)} must be an integer, got {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"at most {high}" if low is None else f"between {low} and {high}"
+        raise ArgumentError(f"{arg(name)} must be {bounds}{why}, got {value}")
+    return value
+
+
 def check_scale(scale) -> float:
     """The ``scale`` of ``scale * A``: a finite nonzero number."""
     scale = check_number(scale, "scale")

@@ -32,6 +32,7 @@ from ..errors import ArgumentError, ArgumentTypeError, EstimateError, arg, kw, o
 from ..sampling import as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled
 from .estimate import EstimateResult, emit
 from .ladder_fit import fit_ladder
+from ..validate import check_count
 
 MIN_SAMPLES = 40           # a ladder shorter than this cannot show a scaling law
 ORDERS_MAX_ROWS = 8192     # blocks up to this many rows are also factored in other orders
@@ -183,17 +184,6 @@ def _project_common_null(xp, B, s, rows, tol_rel):
 
 
 # --------------------------------------------------------------------------- the verb
-def check_count(value, name: str, low: int) -> int | None:
-    """An integer option >= ``low`` (None passes through)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ArgumentTypeError(f"{arg(name)} must be an integer, got {value!r}")
-    if value < low:
-        raise ArgumentError(f"{arg(name)} must be at least {low}, got {value}")
-    return int(value)
-
-
 def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=None, seed=0, memory=None,
                     tile_size=None, pseudo_tol=None, shift=0.0, scale=1.0, client=None, device="cpu",
                     progress=None, storage_options=None, triangle=None, missing_chunks="error", **kernel_params):
@@ -270,8 +260,8 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
     device = check_device(device)
     want_progress(progress)
     seed = check_seed(0 if seed is None else seed)
-    sample_size = check_count(sample_size, "sample_size", 1)
-    n_ladders = check_count(n_ladders, "n_ladders", 1)
+    sample_size = check_count(sample_size, "sample_size", allow_none=True)
+    n_ladders = check_count(n_ladders, "n_ladders", allow_none=True)
     if pseudo_tol is not None:
         pseudo_tol = check_number(pseudo_tol, "pseudo_tol")
         if not 0 <= pseudo_tol < 1:

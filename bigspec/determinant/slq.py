@@ -24,13 +24,13 @@ import numpy as np
 from .. import config
 from ..backend import check_device, to_device, to_host
 from ..cluster import resolve_client
-from ..errors import ArgumentError, ArgumentTypeError, NonFiniteError, TileSizeError, arg
+from ..errors import NonFiniteError, TileSizeError, arg
 from ..form import kron_outputs
 from ..matrix import as_matrix, tile_source
 from ..progress import want_progress
 from ..runner import Runner
 from ..store import check_tile_size
-from ..validate import check_flag, check_seed
+from ..validate import check_count, check_flag, check_seed
 from .estimate import EstimateResult, emit
 from ..validate import check_scale_shift, shift_summary
 from .exact import read_tile
@@ -251,17 +251,6 @@ def radau_lower(alpha, beta_k, floor, n):
 
 
 # --------------------------------------------------------------------------- inputs
-def check_count(value, name: str, low: int, high: int | None = None, why: str = "") -> int:
-    """An integer option in [low, high]; booleans and floats (``probes=1.5``) are refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ArgumentTypeError(f"{arg(name)} must be an integer >= {low}, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ArgumentError(f"{arg(name)} must be an integer {bounds}{why}, got {value}")
-    return value
-
-
 def _tile_size(m, tile_size) -> int:
     """The tile edge: the store's (``tile_size`` must then match), else ``tile_size`` or the config's."""
     ms = m.store
