@@ -142,7 +142,7 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
     >>> est.sign, est.diagnostics["alpha"], bool(abs(est.logabsdet / exact - 1) < 0.03), est.covers(exact)
     (1, 4.0, True, True)
     """
-    from ..spectra.free import DecompressionWarning, InvalidSpectrumError, free_decompress
+    from ..spectra.free import DecompressionWarning
     from ..spectra.sample import check_counts, check_sample_size, spectrum
     from ..validate import check_scale, check_seed
 
@@ -204,6 +204,53 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
             logabsdet = d * float(np.sum(np.log(np.abs(ev))))
         sign = 0 if np.any(ev == 0) else (-1 if np.count_nonzero(ev < 0) % 2 else 1) ** d
 
+    if regime == "kernel":
+        per, unfit, fitted, per_warnings, held_out, held_out_term, half_rows = _kernel_pieces(
+            res, n_samples, shift, d, alpha)
+    else:
+        per, unfit, fitted, per_warnings, held_out, held_out_term, half_rows = _free_pieces(
+            res, n_samples, shift, d, alpha, m, rows, regime, ev, A=A, kernel=kernel, X=X, seed=seed, client=client,
+            device=device, storage_options=storage_options, triangle=triangle, missing_chunks=missing_chunks,
+            scale=scale, kernel_params=kernel_params)
+    per = np.array(per if per else [logabsdet], dtype=float)
+    with np.errstate(divide="ignore"):
+        sample_mean_log = float(np.mean(np.log(np.abs(ev))))
+    fit_error = d * res.size * (float(fitted) / m - sample_mean_log) if np.isfinite(sample_mean_log) and \
+        np.isfinite(fitted) and alpha > 1 else math.nan
+    return _assemble(**locals())
+
+
+def _kernel_pieces(res, n_samples, shift, d, alpha):
+    """The kernel regime's per-sample estimates and held-out error (from the nested samples)."""
+    from ..spectra.free import DecompressionWarning
+    from ..spectra.operator import WIDE_DECADES, held_out_logdet, kernel_decompress
+
+    floor = float(res.settings.get("floor", 0.0))
+    per = []
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        if n_samples > 1:
+            for one in res.nested:
+                per.append(d * float(kernel_decompress([one], res.size, shift=shift)._logdet()[1]))
+        per_warnings = sum(issubclass(w.category, DecompressionWarning) for w in rec)
+    tol = float(res.settings.get("atom_tol", 1e-9))
+    held_out = held_out_logdet(list(res.nested), shift, floor, tol)
+    held_out = math.nan if held_out is None else held_out
+    held_out_term = d * res.size * abs(held_out) * max(math.log(alpha) / math.log(4.0), 1.0) \
+        if np.isfinite(held_out) and alpha > 1 else 0.0
+    # where the spectrum's own held-out error is wide (it warned), the log-determinant's error is
+    # bounded by it instead: |sum log lambda - sum log lambda_hat| <= n ln(10) W1(log10)
+    wide = res.diagnostics.get("held_out_scaled")
+    if wide is not None and wide > WIDE_DECADES and alpha > 1:
+        held_out_term = max(held_out_term, d * res.size * math.log(10) * wide)
+    return per, [], math.nan, per_warnings, held_out, held_out_term, 0
+
+
+def _free_pieces(res, n_samples, shift, d, alpha, m, rows, regime, ev, *, A, kernel, X, seed, client, device,
+                 storage_options, triangle, missing_chunks, scale, kernel_params):
+    """Free decompression's per-sample estimates, its fit at the samples' own size, and the held-out halves."""
+    from ..spectra.free import DecompressionWarning, InvalidSpectrumError, free_decompress
+    from ..spectra.sample import spectrum
     # -- each sample alone, and the fit at the samples' own size ------------------------------
     one = regime if regime in ("bulk", "heavy-tailed") else "auto"
     samples = np.split(ev - shift, n_samples)    # each sample's scale * eigenvalues (sorted)
@@ -226,11 +273,6 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
         except InvalidSpectrumError:
             pass
         per_warnings = sum(issubclass(w.category, DecompressionWarning) for w in rec)
-    per = np.array(per if per else [logabsdet], dtype=float)
-    with np.errstate(divide="ignore"):
-        sample_mean_log = float(np.mean(np.log(np.abs(ev))))
-    fit_error = d * res.size * (float(fitted) / m - sample_mean_log) if np.isfinite(sample_mean_log) and \
-        np.isfinite(fitted) and alpha > 1 else math.nan
 
     # -- held out: the halves of the same samples decompressed to the samples' size, where the
     # answer is known exactly (their eigenvalues); the error per row, grown by log2(alpha)
@@ -253,7 +295,12 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
                     held_out_term = d * res.size * abs(held_out) * max(math.log2(alpha), 1.0)
             except InvalidSpectrumError:
                 pass
+    return per, unfit, fitted, per_warnings, held_out, held_out_term, half_rows
 
+
+def _assemble(*, res, ev, d, alpha, regime, logabsdet, sign, per, unfit, fit_error, held_out, held_out_term,
+              half_rows, n_samples, m, rows, n, shift, scale, seed, device, caught, per_warnings, t_start, **_):
+    """The interval, the one warning and the result, from the pieces of either regime."""
     # -- what the spectrum shows ---------------------------------------------------------------
     top = float(np.max(np.abs(ev)))
     smallest_over_largest = float(np.min(np.abs(ev)) / top) if top > 0 else math.nan
@@ -325,7 +372,12 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
         else:
             meaning = ("n_samples=1: one sample has no spread, so this interval holds NO sampling error; it is only "
                        + fit_part)
-        if held_out_term:
+        if held_out_term and regime == "kernel":
+            meaning += (f"; and by the held-out error: the kernel fit from the samples' quarters and smaller nested "
+                        f"sub-blocks misses the samples' own exact log-determinant by {held_out:+.3g} nats per row, "
+                        f"times n rows and log4(alpha) = {max(math.log(alpha) / math.log(4), 1):.3g} "
+                        f"({held_out_term:.3g} nats)")
+        elif held_out_term:
             meaning += (f"; and by the held-out decompression error: the samples' halves decompressed to the samples' "
                         f"own size miss their exact log-determinant by {held_out:+.3g} nats per row, times n rows and "
                         f"log2(alpha) = {math.log2(alpha):.3g} doublings ({held_out_term:.3g} nats)")
@@ -350,7 +402,7 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
     if reasons:
         emit("logdet(method='spectrum') is outside the regime where free decompression is reliable: "
              + "; ".join(reasons) + ". An exact method ('ldl', 'cholesky') or 'flodance' gives a checked value",
-             issued, stacklevel=4)
+             issued, stacklevel=5)
 
     seconds = time.perf_counter() - t_start
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -371,7 +423,10 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
                      "mean_error": diag.get("mean_error"), "decompression_warnings": list(dict.fromkeys(caught)),
                      "per_sample_warnings": int(per_warnings), "spectrum_seconds": float(res.seconds)},
         cost={"entries": int(k * m * m + (2 * k * (half_rows * rows) ** 2 if half_rows else 0)),
-              "flops": float(k * (4 / 3) * m ** 3 + (2 * k * (4 / 3) * (half_rows * rows) ** 3 if half_rows else 0)),
+              # the kernel regime also diagonalizes each sample's nested sub-blocks: sum_j 2^j / 8^j < 1/3 more
+              "flops": float(k * (4 / 3) * m ** 3 * (sum(4.0 ** -j for j in range(len(res.nested[0])))
+                                                     if regime == "kernel" else 1.0)
+                             + (2 * k * (4 / 3) * (half_rows * rows) ** 3 if half_rows else 0)),
               "seconds": seconds},
         warnings=tuple(issued), source=res.source, seconds=seconds,
         curves={"x": np.asarray(res.x), "integrand": np.asarray(integrand)},
@@ -397,7 +452,7 @@ def _reasons(*, alpha, sign, logabsdet, regime, reason, zero_atom, near, reach, 
         out.append(f"the decompressed spectrum has an atom at 0 of mass {zero_atom:.4g} (sample eigenvalues below "
                    f"atom_tol x the largest): the matrix is singular, log|det| = -inf; {ridge}")
     finite = math.isfinite(logabsdet)
-    if finite and near * size >= 1:
+    if finite and near * size >= 1 and regime != "kernel":   # the kernel regime reads the small ones on a log scale
         out.append(f"the density puts {near:.3g} of its mass (about {near * size:.0f} eigenvalues) within "
                    f"{NEAR_ZERO:g} x the largest |eigenvalue| ({reach:.4g}) of 0, where log|x| amplifies its errors")
     elif regime == "bulk" and 0 < smallest_over_largest < NEAR_ZERO:

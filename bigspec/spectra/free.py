@@ -29,8 +29,9 @@ import warnings
 
 import numpy as np
 
-from ..errors import ArgumentError, ArgumentTypeError, BigspecError, BigspecWarning, arg
+from ..errors import ArgumentError, BigspecError, BigspecWarning, arg
 from .chebyshev import DAMPING, ChebyshevDensity
+from ..validate import check_count
 
 # -- the glue function ------------------------------------------------------------------
 
@@ -329,9 +330,9 @@ def _check_options(damping, regime, glue, shift, scale, degree, grid, delta, ato
         raise ArgumentError(f"unknown glue model {glue!r}; use 'auto', 'pole-at-0' or one of {sorted(GLUE_MODELS)}")
     shift, scale = check_number(shift, "shift"), check_scale(scale)
     if degree is not None:
-        degree = _count(degree, "degree", 2)
+        degree = check_count(degree, "degree", 2)
     if np.ndim(grid) == 0:
-        grid = _count(grid, "grid", 3)
+        grid = check_count(grid, "grid", 3)
     else:
         grid = np.asarray(grid)
         if grid.ndim != 1 or grid.size < 3 or grid.dtype.kind not in "iuf" or not np.isfinite(grid).all():
@@ -353,14 +354,6 @@ def _check_options(damping, regime, glue, shift, scale, degree, grid, delta, ato
             raise ArgumentError(f"support must be (lo, hi) with lo < hi, got {support!r}")
         support = (lo, hi)
     return shift, scale, degree, grid, delta, atom_tol, support
-
-
-def _count(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ArgumentTypeError(f"{arg(name)} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ArgumentError(f"{arg(name)} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 def _integer(value, name, minimum):
@@ -692,8 +685,6 @@ def _heavy_tailed(pooled, mean, n_s, n_samples, size, grid):
     has the sample's mean, so the ranks from n_s/8 down, the tail included, are rescaled to
     make the mean ``mean`` (the trace n times it) exactly.
     """
-    from scipy.stats import gaussian_kde
-
     alpha = size / n_s
     lam = np.sort(np.maximum(pooled, 0.0))[::-1]
     k = (np.arange(lam.size) + 0.5) / n_samples + 0.5  # rank at the original sample size
@@ -724,25 +715,33 @@ def _heavy_tailed(pooled, mean, n_s, n_samples, size, grid):
         else:
             warn.append("the top eigenvalues alone exceed the sample mean (negative eigenvalues clipped to 0?): "
                         "the trace is not preserved")
+    out = table_density(v, w, grid)
+    out["diagnostics"] = {"warnings": warn, **fit, "trace_factor": float(factor), "trace_factor_from_rank": n_s / 8,
+                          "note": "large-alpha form of free decompression (rank order kept); the density is a "
+                                  "log-scale KDE: read it on a log axis"}
+    return out
+
+
+def table_density(v, w, grid) -> dict:
+    """A discrete spectrum (values, weights) as a result's pieces: the table sorted, its zero
+    eigenvalues as an atom, and a density on a log-spaced grid (a weighted KDE of log10 of the
+    positive values: read it on a log axis)."""
+    from scipy.stats import gaussian_kde
+
     order = np.argsort(v)
     v, w = v[order], w[order]
-    # a density on a log-spaced grid, from a weighted KDE of log10 of the positive values
     pos = v > 0
-    lo, hi = np.log10(v[pos][0]), np.log10(v[pos][-1])
-    x = np.logspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), int(grid) if np.ndim(grid) == 0 else len(grid))
-    density = np.zeros(x.size)
-    if hi > lo:
-        kde = gaussian_kde(np.log10(v[pos]), weights=w[pos], bw_method=0.05)
-        density = kde(np.log10(x)) / (x * np.log(10)) * w[pos].sum()
+    x, density = np.zeros(1), np.zeros(1)
+    if pos.any():
+        lo, hi = np.log10(v[pos][0]), np.log10(v[pos][-1])
+        x = np.logspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), int(grid) if np.ndim(grid) == 0 else len(grid))
+        density = np.zeros(x.size)
+        if hi > lo:
+            kde = gaussian_kde(np.log10(v[pos]), weights=w[pos], bw_method=0.05)
+            density = kde(np.log10(x)) / (x * np.log(10)) * w[pos].sum()
     zero_mass = float(w[~pos].sum())
-    return {
-        "x": x, "density": density, "support": (float(v[0]), float(v[-1])),
-        "atoms": [(0.0, zero_mass)] if zero_mass > 0 else [], "table": (v, w),
-        "settings": {"grid": int(x.size)},
-        "diagnostics": {"warnings": warn, **fit, "trace_factor": float(factor), "trace_factor_from_rank": n_s / 8,
-                        "note": "large-alpha form of free decompression (rank order kept); the density is a "
-                                "log-scale KDE: read it on a log axis"},
-    }
+    return {"x": x, "density": density, "support": (float(v[0]), float(v[-1])),
+            "atoms": [(0.0, zero_mass)] if zero_mass > 0 else [], "table": (v, w), "settings": {"grid": int(x.size)}}
 
 
 class InvalidSpectrumError(BigspecError, ValueError):

@@ -54,6 +54,9 @@ class SpectrumResult(ResultMixin):
     #: counts K's rows, and ``trace`` and ``logdet()`` are those of the whole K (x) I_d, as in
     #: :class:`~bigspec.results.LogdetResult`
     kron_outputs: int = 1
+    #: the kernel regime's input: per sample, ``{rows m: (count, m) descending eigenvalues}`` of its
+    #: nested diagonal sub-blocks (``scale`` applied, not ``shift``)
+    nested: tuple = field(default=None, repr=False, compare=False)
 
     _headline = ("size", "kron_outputs", "sample_size", "n_samples", "alpha", "support", "atoms", "seconds")
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
-from ..errors import ArgumentTypeError, arg
+from ..errors import ArgumentError, arg
+from ..validate import check_count
 from ..sampling import RandomOrderWarning, as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
 from .free import InvalidSpectrumError, free_decompress
+from .operator import held_out, held_out_bulk, kernel_decompress, level_means, nested_eigvalsh
+
+#: regimes of :func:`spectrum` (``"kernel"`` needs the nested samples only it computes)
+REGIMES = ("auto", "bulk", "heavy-tailed", "kernel")
 
 
 def _eigvalsh(block, device: str) -> np.ndarray:
@@ -55,7 +60,16 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         Progress bar over the samples (default: on a terminal).
     triangle, missing_chunks :
         For array inputs, as in :func:`bigspec.logdet`.
-    regime, shift, scale, degree, support, damping, glue, grid, delta, atom_tol :
+    regime : {"auto", "kernel", "bulk", "heavy-tailed"}
+        ``"kernel"``: the kernel-operator decompression for spectra spanning decades (kernel
+        matrices, NTKs; :mod:`bigspec.spectra.operator`): each sample's nested sub-blocks of
+        1/2, 1/4, ... its rows are diagonalized too (about 1/3 more work) and the operator's
+        eigenvalues are fitted across sizes. ``"bulk"`` / ``"heavy-tailed"``: free
+        decompression, as in :func:`bigspec.free_decompress`. ``"auto"``: for a positive
+        spectrum, whichever of kernel and bulk predicts the samples' own spectrum better from
+        their quarters (the held-out errors, in decades, are in
+        ``diagnostics["held_out_by_regime"]``); otherwise free decompression's own choice.
+    shift, scale, degree, support, damping, glue, grid, delta, atom_tol :
         The decompression's options, as in :func:`bigspec.free_decompress`.
     **kernel_params
         Parameters of a kernel given by name (with ``kernel=`` only).
@@ -97,8 +111,14 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     n_samples = check_counts(sample_size, n_samples)
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer))):
         raise TypeError(f"size must be an integer (the order of the matrix to decompress to), got {size!r}")
-    decompress = dict(regime=regime, shift=shift, scale=scale, degree=degree, support=support, damping=damping,
-                      glue=glue, grid=grid, delta=delta, atom_tol=atom_tol)
+    if regime not in REGIMES:
+        raise ArgumentError(f"unknown {arg('regime')} {regime!r}; use one of {', '.join(map(repr, REGIMES))}")
+    nested = regime in ("auto", "kernel")
+    decompress = dict(regime="auto" if regime == "kernel" else regime, shift=shift, scale=scale, degree=degree,
+                      support=support, damping=damping, glue=glue, grid=grid, delta=delta, atom_tol=atom_tol)
+    from .free import _check_options
+
+    _check_options(damping, decompress["regime"], glue, shift, scale, degree, grid, delta, atom_tol, support)
 
     if A is not None:
         from ..matrix import as_matrix
@@ -114,7 +134,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         sample_size = check_sample_size(sample_size, n, n_samples)
         spans = [(j * sample_size, (j + 1) * sample_size) for j in range(n_samples)]
         blocks = diagonal_blocks(m, spans, client)
-        tasks = [dask.delayed(_eigvalsh)(blk, device) for blk in blocks]
+        tasks = [dask.delayed(nested_eigvalsh if nested else _eigvalsh)(blk, device) for blk in blocks]
         source = ms.url if ms is not None else f"{m.kind} array"
         rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
         from ..form import kron_outputs
@@ -126,18 +146,24 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         sample_size = check_sample_size(sample_size, n, n_samples)
         order = np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
         k_key = dask.delayed(k, pure=True)
-        tasks = [dask.delayed(on_kernel_block)(_eigvalsh, k_key, data[np.sort(order[j * sample_size:(j + 1) *
-                                                                                   sample_size])], device, device)
+        rows = k.rows_per_sample()     # matrix rows per data point (K (x) I_d stores K: 1)
+        extra = (device, rows) if nested else (device,)
+        tasks = [dask.delayed(on_kernel_block)(nested_eigvalsh if nested else _eigvalsh, k_key,
+                                               data[np.sort(order[j * sample_size:(j + 1) * sample_size])], device,
+                                               *extra)
                  for j in range(n_samples)]
         source = f"kernel {k.name}"
-        rows = k.rows_per_sample()     # matrix rows per data point (K (x) I_d stores K: 1)
         kron = k.n_outputs if k.kron_identity else 1
     with Runner(client, progress=progress, label="bigspec spectrum", unit="samples", total=n_samples,
                 interrupted=lambda: "no spectrum was computed; a spectrum writes nothing, so run it again") as runner:
         eigs = runner.compute(tasks, tick=True)
     # eigenvalue arrays count matrix rows; sizes count samples (x rows per sample)
     size = n if size is None else int(size)
-    res = free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source, **decompress)
+    if nested:
+        res = decompress_nested(eigs, size * rows, sample_size * rows, regime, decompress, seed, source)
+    else:
+        res = free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source,
+                              **decompress)
     if kron != 1:
         import dataclasses
 
@@ -147,9 +173,8 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
 
 def check_counts(sample_size, n_samples) -> int:
     """``n_samples`` (an integer >= 1) and ``sample_size`` (None or an integer), before n is known."""
-    for name, value in (("n_samples", n_samples), ("sample_size", sample_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-            raise ArgumentTypeError(f"{arg(name)} must be an integer, got {value!r}")
+    check_count(n_samples, "n_samples", low=None, allow_none=True)    # the type here, the range below
+    check_count(sample_size, "sample_size", low=None, allow_none=True)
     if n_samples is None or int(n_samples) < 1:
         raise InvalidSpectrumError(f"{arg('n_samples')} must be at least 1 (disjoint diagonal blocks to sample), got "
                                    f"{n_samples}")
@@ -191,3 +216,39 @@ def check_sample_size(sample_size, n, n_samples):
     return sample_size
 
 
+
+
+def decompress_nested(per_sample, size, sample_size, regime, decompress, seed, source):
+    """Decompress from nested sample eigenvalues: the kernel regime, or (``"auto"``) whichever of
+    it and bulk free decompression predicts the samples' own spectrum from their quarters better."""
+    eigs = [d[max(d)][0] for d in per_sample]
+    opts = {k: v for k, v in decompress.items() if k not in ("regime",)}
+    if regime == "kernel":
+        return kernel_decompress(per_sample, size, scale=opts["scale"], shift=opts["shift"], grid=opts["grid"],
+                                 atom_tol=opts["atom_tol"], seed=seed, source=source)
+    pooled = opts["scale"] * np.concatenate(eigs)
+    top = float(np.max(np.abs(pooled)))
+    positive = top > 0 and float(pooled.min()) >= -1e-8 * top
+    equal = float(pooled.max() - pooled.min()) <= opts["atom_tol"] * top
+    if not positive or equal:
+        return free_decompress(eigs, size, sample_size=sample_size, seed=seed, source=source, **decompress)
+    mean = float(pooled.mean())
+    scaled = [{m: opts["scale"] * v for m, v in d.items()} for d in per_sample]
+    errors = {"kernel": held_out(level_means(scaled), mean), "bulk": held_out_bulk(per_sample, opts["scale"])}
+    known = {k: v for k, v in errors.items() if v is not None}
+    if known.get("kernel") is not None and (known.get("bulk") is None or known["kernel"] <= known["bulk"]):
+        reason = (f"held-out error {known['kernel']:.3g} decades in the kernel regime"
+                  + (f" against {known['bulk']:.3g} in the bulk regime" if "bulk" in known else ""))
+        return kernel_decompress(per_sample, size, scale=opts["scale"], shift=opts["shift"], grid=opts["grid"],
+                                 atom_tol=opts["atom_tol"], seed=seed, source=source, reason=reason,
+                                 held_out_by_regime=errors)
+    res = free_decompress(eigs, size, sample_size=sample_size, seed=seed, source=source,
+                          **{**decompress, "regime": "bulk" if "bulk" in known else "auto"})
+    if "bulk" in known:
+        import dataclasses
+
+        why = f"held-out error {known['bulk']:.3g} decades in the bulk regime" + (
+            f" against {known['kernel']:.3g} in the kernel regime" if "kernel" in known else "")
+        res = dataclasses.replace(res, diagnostics={**res.diagnostics, "held_out_by_regime": errors,
+                                                    "regime_choice": why})
+    return res
