@@ -324,6 +324,10 @@ def _check_options(damping, regime, glue, shift, scale, degree, grid, delta, ato
 
     if damping not in DAMPING:
         raise ArgumentError(f"unknown damping {damping!r}; use one of {sorted(DAMPING)}")
+    if regime == "kernel":
+        raise ArgumentError("regime='kernel' needs the eigenvalues of nested sub-blocks of each sample, which "
+                            "bigspec.spectrum computes; free_decompress takes eigenvalues only: use 'auto', 'bulk' "
+                            "or 'heavy-tailed'")
     if regime not in ("auto", "bulk", "heavy-tailed"):
         raise ArgumentError(f"unknown {arg('regime')} {regime!r}; use 'auto', 'bulk' or 'heavy-tailed'")
     if glue != "auto" and glue != "pole-at-0" and glue not in GLUE_MODELS:
