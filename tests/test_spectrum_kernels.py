@@ -114,3 +114,19 @@ def test_a_wide_held_out_error_warns():
     with pytest.warns(DecompressionWarning, match=r"held-out error is 0\.\d+ decades"):
         r = bigspec.spectrum(kernel="rbf", X=X, lengthscale=0.1, sample_size=300, n_samples=2, progress=False)
     assert r.settings["regime"] == "kernel" and r.diagnostics["held_out_scaled"] > 0.1
+
+
+def test_effective_rank_condition_number_and_top_eigenvalues_of_the_result():
+    """Against the full eigendecomposition: the participation ratio and the top eigenvalues (both
+    set by the large eigenvalues) within 10%, the condition number within a factor 3 (its smallest
+    eigenvalue is the extrapolated end); the summary carries them all."""
+    K, _ = _case("matern0.5")
+    exact = np.sort(np.linalg.eigvalsh(K))[::-1]
+    r = bigspec.spectrum(K, sample_size=1000, n_samples=2, progress=False)
+    assert r.effective_rank == pytest.approx(exact.sum() ** 2 / np.sum(exact ** 2), rel=0.10)
+    np.testing.assert_allclose(r.top_eigenvalues(5), exact[:5], rtol=0.10)
+    assert 1 / 3 < r.condition_number / (exact[0] / exact[-1]) < 3
+    d = r.to_dict()
+    assert d["effective_rank"] == r.effective_rank and len(d["top_eigenvalues"]) == 10
+    with pytest.raises(bigspec.ArgumentError, match="k must be at least 1"):
+        r.top_eigenvalues(0)

@@ -83,6 +83,8 @@ class SpectrumResult(ResultMixin):
         d["mean"], d["variance"], d["trace"] = self.mean, self.variance, self.trace
         d["matrix_rows"] = self.matrix_rows
         d["quantiles"] = {str(q): float(v) for q, v in zip(QUANTILES, self.quantiles(QUANTILES))}
+        d["effective_rank"], d["condition_number"] = self.effective_rank, self.condition_number
+        d["top_eigenvalues"] = self.top_eigenvalues(min(10, self.size)).tolist()
         return d
 
     # -- distribution ------------------------------------------------------------------
@@ -154,6 +156,36 @@ class SpectrumResult(ResultMixin):
     def variance(self) -> float:
         m1, m2 = self.moments(2)
         return float(m2 - m1 ** 2)
+
+    @property
+    def effective_rank(self) -> float:
+        """The participation ratio ``(sum lambda)^2 / sum lambda^2`` of the size-``size`` matrix:
+        ``size * mean^2 / E[x^2]``; the number of eigenvalues of equal size with the same trace and
+        Frobenius norm (for ``K (x) I_d``, d times K's)."""
+        m1, m2 = self.moments(2)
+        return float(self.kron_outputs * self.size * m1 ** 2 / m2) if m2 > 0 else 0.0
+
+    @property
+    def condition_number(self) -> float:
+        """Largest over smallest |eigenvalue| of the decompressed spectrum (``inf`` with an atom at 0)."""
+        if self.table is not None:
+            v = np.abs(self.table[0][self.table[1] > 0])
+        else:
+            v = np.abs(np.concatenate([self.quantiles([0.0, 1.0]), [loc for loc, _ in self.atoms]]))
+        return float(v.max() / v.min()) if v.size and v.min() > 0 else float("inf")
+
+    def top_eigenvalues(self, k: int = 10) -> np.ndarray:
+        """The k largest eigenvalues of the size-``size`` matrix (descending), from the discrete
+        table or the quantiles; in the kernel regime ``diagnostics["top_eigenvalues"]`` also
+        gives their intervals."""
+        from ..validate import check_count
+
+        k = check_count(k, "k")
+        if self.table is not None:
+            v, w = self.table
+            counts = np.maximum(np.round(w * self.size).astype(np.int64), 1)
+            return np.repeat(v[::-1], counts[::-1])[:k]
+        return self.quantiles(1.0 - (np.arange(k) + 0.5) / self.size)
 
     def logdet(self) -> tuple[int, float]:
         """(sign, log|det|) of the size-``size`` matrix: ``size * integral log|x| rho(x) dx``.
