@@ -130,3 +130,18 @@ def test_effective_rank_condition_number_and_top_eigenvalues_of_the_result():
     assert d["effective_rank"] == r.effective_rank and len(d["top_eigenvalues"]) == 10
     with pytest.raises(bigspec.ArgumentError, match="k must be at least 1"):
         r.top_eigenvalues(0)
+
+
+@pytest.mark.parametrize("name,nugget", [("matern1.5", 1e-3), ("relu", 0.0)])
+def test_spectral_and_flodance_log_determinants_agree(name, nugget):
+    """Where both apply, the spectral estimate (kernel regime) and FLODANCE overlap and cover the exact value."""
+    K, _ = _case(name)
+    exact = np.linalg.slogdet(K + nugget * np.eye(len(K)))[1]
+    shift = {"shift": nugget} if nugget else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bigspec.BigspecWarning)
+        sp = bigspec.logdet(K, method="spectrum", sample_size=1000, n_samples=2, progress=False, **shift)
+        fl = bigspec.logdet(K, method="flodance", sample_size=1000, progress=False, **shift)
+    assert sp.diagnostics["regime"] == "kernel"
+    assert sp.covers(exact) and fl.covers(exact)
+    assert max(sp.interval[0], fl.interval[0]) <= min(sp.interval[1], fl.interval[1])
