@@ -130,6 +130,7 @@ def main():
     ap.add_argument("--n", type=int, default=16384)
     ap.add_argument("--sizes", type=int, nargs="*", default=[500, 1000, 2000])
     ap.add_argument("--slq-seeds", type=int, default=10)
+    ap.add_argument("--flodance-seeds", type=int, default=5, help="FLODANCE again on seeds 1..N (error spread)")
     ap.add_argument("--only", default=None, help="run only this matrix")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "logdet_estimators.json"))
     args = ap.parse_args()
@@ -184,6 +185,25 @@ def main():
                 print(f"  s={s:5d} detkit    usual (q=2, full) err {100 * usual:+8.3f}%; best with hindsight "
                       f"{best}: {100 * errs[best]:+8.3f}%; range of the 10 settings "
                       f"{100 * min(errs.values()):+.3g}% .. {100 * max(errs.values()):+.3g}%")
+        # FLODANCE over further seeds (other subsets of the same points): its error is partly the draw
+        if args.flodance_seeds:
+            entry["flodance_seeds"] = {}
+            for s in args.sizes:
+                if s > n // 2:
+                    continue
+                errs, cov = [], 0
+                for seed in range(1, args.flodance_seeds + 1):
+                    r = run_estimate(kernel=kernel, X=X, method="flodance", sample_size=s, shift=shift, seed=seed,
+                                     progress=False, **params)
+                    if "refused" in r:
+                        continue
+                    errs.append((r["estimate"] - truth) / abs(truth))
+                    cov += r["interval"][0] <= truth <= r["interval"][1]
+                e = np.abs(errs)
+                entry["flodance_seeds"][s] = {"errors": errs, "covered": cov}
+                print(f"  s={s:5d} flodance over seeds 1..{args.flodance_seeds}: mean |err| {100 * e.mean():.2f}%, "
+                      f"median {100 * np.median(e):.2f}%, max {100 * e.max():.2f}%, covers {cov} of {len(errs)}",
+                      flush=True)
         # SLQ: once at the full setting, and its coverage over seeds
         r = run_estimate(A=K, method="slq", probes=32, lanczos_steps=60, seed=0, shift=shift, progress=False)
         err = (r["estimate"] - truth) / abs(truth)
