@@ -332,7 +332,7 @@ def kernel_decompress(per_sample: list[dict], size: int, *, scale: float = 1.0, 
                       f"{alpha:.3g}x decompression): quantiles may be off by a factor {10 ** scaled:.2g}; larger "
                       f"samples narrow it")
     for msg in issued:
-        warnings.warn(msg, DecompressionWarning, stacklevel=3)
+        warnings.warn(msg, DecompressionWarning, stacklevel=4)   # the caller of bigspec.spectrum
     out = table_density(v, w, grid)
     offset = floor + shift
     tops = _top_intervals(per, fit, size, mean - floor)
