@@ -416,8 +416,14 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
 @click.option("--sample-size", type=int, default=None, help="Rows per sample (default: min(n / samples, 4096)).")
 @click.option("--samples", "n_samples", type=int, default=1, show_default=True, help="Disjoint diagonal blocks.")
 @click.option("--size", type=int, default=None, help="Decompress to this size (default: n).")
-@click.option("--regime", type=click.Choice(["auto", "bulk", "heavy-tailed"]), default="auto", show_default=True,
-              help="bulk: full free decompression; heavy-tailed: its large-alpha form for kernel/NTK spectra.")
+@click.option("--regime", type=click.Choice(["auto", "kernel", "bulk", "heavy-tailed"]), default="auto",
+              show_default=True, help="kernel: the kernel-operator fit across nested sub-blocks (kernel/NTK spectra); "
+                                      "bulk: full free decompression; heavy-tailed: its large-alpha form; auto: kernel "
+                                      "or bulk by a held-out check.")
+@click.option("--shift", type=float, default=0.0, show_default=True,
+              help="The spectrum of scale * A + shift * I (a nugget).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="See --shift.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Recorded in the result.")
 @click.option("--degree", type=int, default=None, help="Chebyshev degree of the sample density.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the sample histogram and decompressed density (PNG, SVG, PDF).")
@@ -427,8 +433,8 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
 @click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
 @matrix_options
 @cluster_options
-def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log_axis, as_json, with_grid, overwrite,
-             triangle, missing_chunks, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+def spectrum(store, sample_size, n_samples, size, regime, shift, scale, seed, degree, plot_path, log_axis, as_json,
+             with_grid, overwrite, triangle, missing_chunks, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Eigenvalue density of MATRIX (a store, .npy file or zarr array) by free decompression of sampled blocks."""
     from .matrix import as_matrix
     from .spectra import spectrum as run_spectrum
@@ -444,12 +450,13 @@ def spectrum(store, sample_size, n_samples, size, regime, degree, plot_path, log
     options = {"degree": degree} if degree else {}
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         res = run_spectrum(matrix, sample_size=sample_size, n_samples=n_samples, size=size, regime=regime,
-                           client=client, device="gpu" if gpu else "cpu", **options)
+                           shift=shift, scale=scale, seed=seed, client=client, device="gpu" if gpu else "cpu",
+                           progress=progress, **options)
     if plot_path:
         import matplotlib
 
         matplotlib.use("Agg")
-        ax = res.plot(log=log_axis or res.settings["regime"] == "heavy-tailed")
+        ax = res.plot(log=log_axis or res.settings["regime"] in ("heavy-tailed", "kernel"))
         ax.figure.savefig(plot_path, dpi=120, bbox_inches="tight")
     if as_json:
         click.echo(json.dumps(res.to_dict(grid=with_grid), indent=2))

@@ -421,3 +421,14 @@ def test_the_users_matrix_is_not_changed(matern):
     before = K.copy()
     quiet(A=K, method="flodance", sample_size=300, shift=1e-2)      # scale 1: the shift goes on the block
     np.testing.assert_array_equal(K, before)
+
+
+def test_sample_size_n_is_the_exact_value_and_small_sizes_say_the_minimum():
+    """sample_size = n: the ladder is the whole matrix, so the estimate is its exact log-determinant (it
+    crashed on the empty extrapolation); sample_size=0 names the real minimum, not 'at least 1'."""
+    X = np.random.default_rng(9).uniform(size=(600, 3))
+    K = kernel_matrix("matern", X, nu=1.5, lengthscale=0.3)
+    est = quiet(A=K, method="flodance", sample_size=600, n_ladders=1, shift=1e-3)
+    assert est.logabsdet == pytest.approx(exact(K, 1e-3), rel=1e-9) and est.covers(exact(K, 1e-3))
+    with pytest.raises(bigspec.ArgumentError, match=r"sample_size=0 is too small .* at least 40"):
+        bigspec.logdet(K, method="flodance", sample_size=0)

@@ -145,3 +145,46 @@ def test_spectral_and_flodance_log_determinants_agree(name, nugget):
     assert sp.diagnostics["regime"] == "kernel"
     assert sp.covers(exact) and fl.covers(exact)
     assert max(sp.interval[0], fl.interval[0]) <= min(sp.interval[1], fl.interval[1])
+
+
+def test_small_samples_fall_back_to_bulk_with_the_reason_and_a_warning():
+    """Samples too small for the kernel regime's held-out check (under 128 rows): bulk, said so and warned."""
+    K, _ = _case("matern1.5")
+    with pytest.warns(DecompressionWarning, match=r"needs samples of at least 128 rows \(got 100\)"):
+        r = bigspec.spectrum(K[:1000, :1000], sample_size=100, n_samples=2, progress=False)
+    assert r.settings["regime"] == "bulk" and r.diagnostics["regime_reason"].startswith("auto: held-out error")
+    assert r.diagnostics["held_out_by_regime"]["kernel"] is None
+
+
+def test_quantile_probabilities_and_top_k_are_checked():
+    K, _ = _case("matern0.5")
+    r = bigspec.spectrum(K[:1200, :1200], sample_size=300, n_samples=2, progress=False)
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(bigspec.ArgumentError, match=r"probabilities in \[0, 1\]"):
+            r.quantiles(bad)
+    with pytest.raises(bigspec.ArgumentError, match=r"k must be between 1 and 1200 \(the matrix has 1200"):
+        r.top_eigenvalues(1201)
+    # the kernel regime's own logdet warns only where its held-out error is wide
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecompressionWarning)
+        r.logdet()
+
+
+def test_cli_spectrum_takes_the_kernel_regime_and_a_shift(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bigspec.cli import cli
+
+    K, _ = _case("matern0.5")
+    path = str(tmp_path / "k.npy")
+    np.save(path, K[:1200, :1200])
+    r = CliRunner().invoke(cli, ["spectrum", path, "--sample-size", "300", "--samples", "2", "--regime", "kernel",
+                                 "--shift", "0.01", "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["settings"]["regime"] == "kernel" and d["settings"]["shift"] == 0.01
+    direct = bigspec.spectrum(K[:1200, :1200], sample_size=300, n_samples=2, regime="kernel", shift=0.01,
+                              progress=False)
+    assert d["quantiles"]["0.5"] == pytest.approx(float(direct.quantiles(0.5)), rel=1e-12)

@@ -260,7 +260,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
     device = check_device(device)
     want_progress(progress)
     seed = check_seed(0 if seed is None else seed)
-    sample_size = check_count(sample_size, "sample_size", allow_none=True)
+    sample_size = check_count(sample_size, "sample_size", low=None, allow_none=True)   # its range: _check_sizes
     n_ladders = check_count(n_ladders, "n_ladders", allow_none=True)
     if pseudo_tol is not None:
         pseudo_tol = check_number(pseudo_tol, "pseudo_tol")
@@ -462,7 +462,7 @@ def _estimate(results, *, n, s, rows, kron, scale, shift, seed, n_ladders, order
     fit_y = np.full(cm.shape, np.nan)
     inside = cm <= s
     fit_y[inside] = lad0[cm[inside].astype(np.int64) - 1]
-    if n - s <= 5_000_000:
+    if 0 < n - s <= 5_000_000:      # (s = n: the ladder is the whole matrix, nothing ahead)
         steps = np.cumsum(fit["mean_increment"](np.arange(s + 1, n + 1, dtype=np.float64)))
         # the chosen model's shape, scaled to end at the estimate (an average over the models)
         if steps[-1] != 0:

@@ -8,6 +8,8 @@ never formed.
 
 from __future__ import annotations
 
+import warnings
+
 
 import numpy as np
 
@@ -15,8 +17,8 @@ from ..backend import check_device, get_namespace, to_host
 from ..errors import ArgumentError, arg
 from ..validate import check_count
 from ..sampling import RandomOrderWarning, as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
-from .free import InvalidSpectrumError, free_decompress
-from .operator import held_out, held_out_bulk, kernel_decompress, level_means, nested_eigvalsh
+from .free import DecompressionWarning, InvalidSpectrumError, free_decompress
+from .operator import MIN_LEVEL, WIDE_DECADES, held_out, held_out_bulk, kernel_decompress, level_means, nested_eigvalsh
 
 #: regimes of :func:`spectrum` (``"kernel"`` needs the nested samples only it computes)
 REGIMES = ("auto", "bulk", "heavy-tailed", "kernel")
@@ -236,7 +238,10 @@ def decompress_nested(per_sample, size, sample_size, regime, decompress, seed, s
         return free_decompress(eigs, size, sample_size=sample_size, seed=seed, source=source, **decompress)
     mean = float(pooled.mean())
     scaled = [{m: opts["scale"] * v for m, v in d.items()} for d in per_sample]
-    errors = {"kernel": held_out(level_means(scaled), mean), "bulk": held_out_bulk(per_sample, opts["scale"])}
+    # both measured on the spectrum the result describes (shift added, rounding below atom_tol as 0),
+    # as the kernel regime reports its own
+    errors = {"kernel": held_out(level_means(scaled), mean, opts["atom_tol"], offset=opts["shift"]),
+              "bulk": held_out_bulk(per_sample, opts["scale"], opts["shift"], opts["atom_tol"])}
     known = {k: v for k, v in errors.items() if v is not None}
     if known.get("kernel") is not None and (known.get("bulk") is None or known["kernel"] <= known["bulk"]):
         reason = (f"held-out error {known['kernel']:.3g} decades in the kernel regime"
@@ -251,6 +256,13 @@ def decompress_nested(per_sample, size, sample_size, regime, decompress, seed, s
 
         why = f"held-out error {known['bulk']:.3g} decades in the bulk regime" + (
             f" against {known['kernel']:.3g} in the kernel regime" if "kernel" in known else "")
-        res = dataclasses.replace(res, diagnostics={**res.diagnostics, "held_out_by_regime": errors,
-                                                    "regime_choice": why})
+        issued = []
+        if errors["kernel"] is None and known["bulk"] > WIDE_DECADES:
+            issued.append(f"the kernel regime's held-out check needs samples of at least {8 * MIN_LEVEL} rows (got "
+                          f"{max(per_sample[0])}), so bulk free decompression was used, whose held-out error is "
+                          f"{known['bulk']:.3g} decades: for a kernel or NTK spectrum take larger samples")
+            warnings.warn(issued[0], DecompressionWarning, stacklevel=3)
+        res = dataclasses.replace(res, diagnostics={
+            **res.diagnostics, "held_out_by_regime": errors, "regime_reason": "auto: " + why,
+            "warnings": list(res.diagnostics.get("warnings", [])) + issued})
     return res
