@@ -1,5 +1,8 @@
 """Benchmark of bigspec's free decompression against freealg 0.12.2 on the same eigenvalues.
 
+Cases 1-6 below test free decompression on matrices with a known law; the kernel cases
+(section "Kernel matrices") test spectra spanning decades, with bigspec's kernel regime.
+
 What it measures
 ----------------
 Free decompression estimates the spectrum of a large n x n matrix from the eigenvalues of
@@ -95,13 +98,70 @@ If a freealg method takes more than 60 s on a case at alpha 8, it is skipped at 
 ``failed: <reason>``. Timings are single runs on whatever machine runs the script; on a
 shared machine they vary by several x from run to run (read them as orders of magnitude).
 
+Kernel matrices (``--cases kernels``)
+-------------------------------------
+Spectra spanning decades, where bulk free decompression does not apply; bigspec's
+``spectrum()`` has a kernel regime for them (:mod:`bigspec.spectra.operator`). Each case is
+an n x n kernel matrix ``K = k(Xp, Xp, diagonal=True)`` with ``k = get_kernel(name,
+**params).bind(X)`` and ``Xp = k.prepare(X)``, its rows and columns permuted by
+``default_rng(1).permutation(n)`` (so its leading diagonal blocks are random subsets), n =
+``--n`` (4000) points:
+
+* ``matern-0.5``, ``matern-1.5``, ``matern-2.5``: Matérn, lengthscale 0.3, on
+  ``default_rng(0).uniform(size=(n, 4))``;
+* ``rbf-nugget``: RBF, lengthscale 0.3, on ``default_rng(0).uniform(size=(n, 3))``, plus a
+  nugget 1e-2 (``shift=1e-2`` to bigspec; added to the oracle's eigenvalues);
+* ``relu-ntk-r16``: the analytic ReLU NTK (``relu``, depth=3, its other defaults) on
+  ``default_rng(0).standard_normal((n, 16))``;
+* ``digits-relu-ntk``: the same NTK on ``bigspec.demo.digits()[0]`` (n = 1797 whatever ``--n``).
+
+The oracle is ``np.linalg.eigvalsh(K)`` (+ nugget). The samples are the first k disjoint
+diagonal blocks of s = n // alpha rows, k = 2 (4 for the digits), for each alpha in
+``--alphas`` (4 and 8), decompressed to n. Methods:
+
+* ``bigspec``: ``bigspec.spectrum(K, sample_size=s, n_samples=k, shift=nugget,
+  progress=False)`` with its defaults (``regime="auto"``: kernel or bulk by its held-out
+  check); the row records the regime, ``diagnostics["held_out_scaled"]`` and
+  ``["held_out_by_regime"]``. Its seconds are the whole call: the samples' eigenvalues and
+  their nested sub-blocks' included.
+* ``bigspec regime=bulk``: the same, forced to bulk free decompression.
+* ``freealg FreeForm``, ``freealg AlgebraicForm moc`` / ``coeffs``: as above (MP-like
+  settings), on the pooled sample eigenvalues of the same blocks (``result.eigenvalues`` of
+  the ``bigspec`` row, which already include the nugget; checked against the blocks' own
+  eigvalsh), told that the sample size is s, not k s (``AlgebraicForm(eigs, n=s)``;
+  FreeForm has no such argument, so ``ff.n = s`` is set after construction: otherwise both
+  decompress by n / (k s)). Their grid is :func:`eval_grid`'s plus 200 log-spaced points from
+  a tenth of the smallest sample eigenvalue up to its first positive point, without which a
+  density on the linear grid could not place the small eigenvalues at all. ``freealg
+  eigvalsh`` is not run: it takes a matrix and draws its own samples.
+* ``sample (no decompression)``: the pooled sample eigenvalues' ESD (its seconds: their
+  eigvalsh).
+
+Metrics per (case, alpha, method), each against the oracle: the signed relative error of
+the 10/25/50/75/90% quantiles and of the trace (a density's: n times its mean; bigspec's:
+``result.trace``); ``W1 log10`` = mean over the 200000-point p grid of
+|log10 Q_method(p) - log10 Q_oracle(p)|, in decades, both clipped below at 1e-12 x the
+largest oracle eigenvalue; the largest relative error of the 10 largest eigenvalues (bigspec's
+kernel regime: ``diagnostics["top_eigenvalues"]``; otherwise the quantiles at
+p = 1 - (k - 0.5) / n); the signed relative error of the log-determinant (bigspec:
+``result.logdet()[1]``; otherwise n times the mean of log Q over the p grid, n/a where the
+method has mass at or below 0: an atom there, or a positive density at a grid point <= 0);
+seconds. A density method's distribution is built as for W1 above (:class:`GridDistribution`).
+The rows go to the ``kernels`` section of ``spectrum.json`` and to ``spectrum_kernels.md``.
+A run of kernel cases only (``--cases kernels``, or some of their names) keeps the JSON's
+other entries, and the kernel rows of the cases it did not run; it runs no ``--seeds``.
+
 How to run
 ----------
 ::
 
-    pip install --no-deps freealg==0.12.2 numba==0.68.1 llvmlite==0.50.0 tqdm colorcet
-    python bench/spectrum.py            # about 5 minutes; writes bench/results/spectrum.{json,md}
+    pip install --no-deps freealg==0.12.2 numba==0.68.1 llvmlite==0.50.0 tqdm colorcet texplot
+    pip install matplotlib scikit-learn   # freealg imports matplotlib and texplot; the digits
+    python bench/spectrum.py            # about 5 minutes + the kernel cases; writes
+                                        # bench/results/spectrum.{json,md} and spectrum_kernels.md
     python bench/spectrum.py --cases mp,wigner --methods bigspec   # a subset
+    python bench/spectrum.py --cases kernels                       # the kernel cases only
+    python bench/spectrum.py --cases matern-1.5 --n 1000 --out /tmp/s.json   # a quick look
 
 freealg 0.12.2 calls ``numpy.trapz`` (removed in numpy 2.4): the script aliases it to
 ``numpy.trapezoid`` before importing freealg. Its ``statsmodels`` requirement is not
@@ -324,7 +384,9 @@ def freeform_settings(kind, pade=(1, 1)):
             "decompress": {"method": "newton"}}
 
 
-def run_freeform(eigs, size, oracle, grid, kind, pade=(1, 1)):
+def run_freeform(eigs, size, oracle, grid, kind, pade=(1, 1), n_sample=None, score=score_density):
+    """FreeForm on ``eigs``; ``n_sample`` is the sample size when ``eigs`` pools several samples
+    (default ``len(eigs)``); ``score(row, x, rho, atoms, oracle)`` fills the metrics."""
     import freealg
 
     st = freeform_settings(kind, pade)
@@ -338,6 +400,8 @@ def run_freeform(eigs, size, oracle, grid, kind, pade=(1, 1)):
             e = np.asarray(eigs, float)
             ff = freealg.FreeForm(e, support=(float(e.min()), float(e.max())))
             ff.delta = st["delta"]  # FreeForm(delta=) does not reach self.delta in 0.12.2
+            if n_sample is not None:  # FreeForm takes alpha = size / len(eigs) and has no n= argument
+                ff.n = int(n_sample)
             ff.fit(**st["fit"])
             t1 = time.perf_counter()
             rho, x = ff.decompress(size, x=grid, **st["decompress"])
@@ -349,7 +413,7 @@ def run_freeform(eigs, size, oracle, grid, kind, pade=(1, 1)):
         row["seconds"] = time.perf_counter() - t0
         return row
     row["status"] = "ok"
-    score_density(row, x, rho, [], oracle)
+    score(row, x, rho, [], oracle)
     return row
 
 
@@ -357,7 +421,8 @@ def alg_settings(method):
     return {"fit": {"deg_m": 2, "deg_z": 1}, "decompress": {"method": method, "return_atoms": True}}
 
 
-def run_algebraic(eigs, size, oracle, grid, method="moc"):
+def run_algebraic(eigs, size, oracle, grid, method="moc", n_sample=None, score=score_density):
+    """AlgebraicForm on ``eigs``; ``n_sample`` and ``score`` as in :func:`run_freeform`."""
     import freealg
 
     st = alg_settings(method)
@@ -367,7 +432,7 @@ def run_algebraic(eigs, size, oracle, grid, method="moc"):
         with warnings.catch_warnings(), contextlib.redirect_stdout(out):
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            af = freealg.AlgebraicForm(np.asarray(eigs, float))
+            af = freealg.AlgebraicForm(np.asarray(eigs, float), n=n_sample)
             af.fit(**st["fit"])
             t1 = time.perf_counter()
             rho, atoms_t = af.decompress(size, x=grid, **st["decompress"])
@@ -383,7 +448,7 @@ def run_algebraic(eigs, size, oracle, grid, method="moc"):
     for loc, w in atoms_t or []:
         w = np.atleast_1d(np.asarray(w, float))
         atoms.append((float(np.real(loc)), float(w[-1])))
-    score_density(row, grid, np.asarray(rho, float).ravel(), atoms, oracle)
+    score(row, grid, np.asarray(rho, float).ravel(), atoms, oracle)
     return row
 
 
@@ -577,17 +642,308 @@ def numba_warmup():
             af.decompress(400, x=np.linspace(-3, 3, 20), method=method)
     return time.perf_counter() - t0
 
+# -- kernel matrices ("--cases kernels") ---------------------------------------------------------
+
+#: the kernel cases, in the order they run; ``--cases kernels`` selects them all
+KERNEL_CASES = ("matern-0.5", "matern-1.5", "matern-2.5", "rbf-nugget", "relu-ntk-r16", "digits-relu-ntk")
+LEGACY_CASES = ("mp", "wigner", "mp-rank", "mp-deficient", "digits-ntk")
+KERNEL_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+TOP_K = 10
+LOG_FLOOR = 1e-12  # W1 of log10 eigenvalues: values clipped below at this times the largest oracle eigenvalue
+
+
+def kernel_matrix(case, n):
+    """One kernel case: (K with rows in random order, nugget, samples per alpha, description).
+
+    K is ``get_kernel(name, **params).bind(X)`` evaluated on ``prepare(X)`` with
+    ``diagonal=True``, then permuted symmetrically by ``default_rng(1).permutation``: the
+    samples are its leading disjoint diagonal blocks, i.e. random subsets of the points.
+    """
+    from bigspec.kernels import get_kernel
+
+    nugget, n_samples = 0.0, 2
+    if case.startswith("matern-"):
+        name, params = "matern", {"nu": float(case.split("-")[1]), "lengthscale": 0.3}
+        X, data = np.random.default_rng(0).uniform(size=(n, 4)), f"default_rng(0).uniform(size=({n}, 4))"
+    elif case == "rbf-nugget":
+        name, params, nugget = "rbf", {"lengthscale": 0.3}, 1e-2
+        X, data = np.random.default_rng(0).uniform(size=(n, 3)), f"default_rng(0).uniform(size=({n}, 3))"
+    elif case == "relu-ntk-r16":
+        name, params = "relu", {"depth": 3}
+        X, data = np.random.default_rng(0).standard_normal((n, 16)), f"default_rng(0).standard_normal(({n}, 16))"
+    elif case == "digits-relu-ntk":
+        from bigspec.demo import digits
+
+        name, params, n_samples = "relu", {"depth": 3}, 4  # n = 1797 only: more, smaller samples
+        X, data = digits()[0], "bigspec.demo.digits()[0] (1797 x 64, pixels / 16)"
+    else:
+        raise ValueError(f"unknown kernel case {case!r}")
+    k = get_kernel(name, **params).bind(X)
+    Xp = k.prepare(X)
+    K = np.asarray(k(Xp, Xp, diagonal=True))
+    perm = np.random.default_rng(1).permutation(K.shape[0])
+    K = np.ascontiguousarray(K[np.ix_(perm, perm)])
+    args = "".join(f", {a}={b!r}" for a, b in params.items())
+    desc = {"kernel": repr(k), "call": f"get_kernel({name!r}{args}).bind(X)", "data": data,
+            "n": int(K.shape[0]), "nugget": nugget, "n_samples": n_samples,
+            "order": "K[np.ix_(p, p)], p = default_rng(1).permutation(n)"}
+    return K, nugget, n_samples, desc
+
+
+def kernel_oracle(K, nugget):
+    """The scored truth of a kernel case: eigvalsh of the full matrix, plus the nugget."""
+    full = np.linalg.eigvalsh(K) + nugget
+    top = float(full.max())
+    return {"eigs": full, "n": int(full.size), "quantile": esd_quantile(full), "q_grid": esd_quantile(full)(p_grid()),
+            "trace": float(full.sum()), "top": full[::-1][:TOP_K].copy(), "tol": LOG_FLOOR * top,
+            "logdet": float(np.sum(np.log(full))) if full.min() > 0 else None,
+            "atom": None, "law": None, "mean": float(full.mean())}
+
+
+def kernel_grid(eigs, alpha, n_log=200):
+    """:func:`eval_grid` plus ``n_log`` log-spaced points below its first positive point.
+
+    A kernel spectrum spans decades below the linear grid's first step (about max / 1000):
+    without these points a density returned on the grid could not place them at all.
+    """
+    grid = eval_grid(eigs, alpha)
+    e = np.asarray(eigs, float)
+    pos = grid[grid > 0]
+    lo = max(float(e[e > 0].min()) / 10 if np.any(e > 0) else 0.0, LOG_FLOOR * float(e.max()))
+    if pos.size and 0 < lo < pos[0]:
+        grid = np.union1d(grid, np.geomspace(lo, pos[0], n_log + 1)[:-1])
+    return grid
+
+
+def score_kernel(row, quantile, oracle, top=None, trace=None, logdet=None, below=None):
+    """Fill the kernel metrics of ``row`` from a method's quantile function.
+
+    ``top`` (its 10 largest eigenvalues), ``trace`` and ``logdet`` override the values read
+    from its quantiles (``n Q(1 - (k - 0.5) / n)``, ``n`` times its mean, ``n`` times the
+    mean of log Q over the quantile grid). ``below``: its mass at or below 0 (default: the
+    fraction of the quantile grid where Q <= 0); the log-determinant is n/a when it is > 0.
+    """
+    n = oracle["n"]
+    p = p_grid()
+    qm = np.asarray(quantile(p), float)
+    qo = oracle["q_grid"]
+    ps = np.asarray(KERNEL_QUANTILES)
+    qp, qop = np.asarray(quantile(ps), float), oracle["quantile"](ps)
+    row["quantiles"] = {str(a): float(b) for a, b in zip(ps, qp)}
+    row["quantile_rel_err"] = {str(a): float((b - c) / c) for a, b, c in zip(ps, qp, qop)}
+    tol = oracle["tol"]
+    row["w1_log10"] = float(np.mean(np.abs(np.log10(np.maximum(qm, tol)) - np.log10(np.maximum(qo, tol)))))
+    if top is None:
+        top = quantile(1.0 - (np.arange(1, TOP_K + 1) - 0.5) / n)
+        row["top_source"] = "quantiles"
+    top = np.sort(np.asarray(top, float))[::-1][:TOP_K]
+    row["top10"] = top.tolist()
+    row["top10_rel_err"] = ((top - oracle["top"][:top.size]) / oracle["top"][:top.size]).tolist()
+    row["top10_max_rel_err"] = float(np.max(np.abs(row["top10_rel_err"])))
+    if trace is None:
+        trace = n * float(np.mean(qm))
+    row["trace"] = float(trace)
+    row["trace_rel_err"] = (trace - oracle["trace"]) / oracle["trace"]
+    if logdet is None:
+        below = float(np.mean(qm <= 0)) if below is None else below
+        row["mass_at_or_below_0"] = below
+        if below > 0 or qm.min() <= 0:
+            logdet = f"n/a: mass {below:.2g} at or below 0"
+            if np.any(qm > 0):  # JSON only: what the positive part alone would give
+                pos = n * float(np.mean(np.log(qm[qm > 0])))
+                row["logdet_positive_part"] = pos
+                if oracle["logdet"] is not None:
+                    row["logdet_positive_part_rel_err"] = (pos - oracle["logdet"]) / abs(oracle["logdet"])
+        else:
+            logdet = n * float(np.mean(np.log(qm)))
+    row["logdet"] = logdet
+    if isinstance(logdet, str) or oracle["logdet"] is None:
+        row["logdet_rel_err"] = logdet if isinstance(logdet, str) else "n/a: oracle has eigenvalues <= 0"
+    else:
+        row["logdet_rel_err"] = (logdet - oracle["logdet"]) / abs(oracle["logdet"])
+
+
+def score_kernel_density(row, x, rho, atoms, oracle):
+    """:func:`score_density`'s counterpart for the kernel cases (the ``score`` of the freealg runners)."""
+    gd = GridDistribution(x, rho, atoms)
+    row["cont_mass"] = gd.cont_mass
+    row["neg_mass"] = gd.neg_mass
+    row["nan_points"] = gd.n_nan
+    row["grid_points"] = int(np.size(x))
+    if atoms:
+        row["atoms"] = [[float(a), float(m)] for a, m in atoms]
+    # mass at or below 0: the density's at the grid points <= 0 (not the trapezoid's ramp across 0,
+    # whose upper end is the density at the first positive point) and the atoms there
+    order = np.argsort(np.asarray(x, float))
+    xx = np.asarray(x, float)[order]
+    rr = np.clip(np.nan_to_num(np.asarray(rho, float)[order], nan=0.0, posinf=0.0, neginf=0.0), 0, None)
+    le0 = xx <= 0
+    below = float(np.trapezoid(rr[le0], xx[le0])) if le0.sum() > 1 else 0.0
+    below = (below + sum(m for a, m in gd.atoms if a <= 0)) / gd.total_mass
+    if below == 0.0 and np.any(rr[le0] > 0):
+        below = float(np.finfo(float).tiny)  # a positive density at a single grid point <= 0
+    score_kernel(row, gd.quantile, oracle, below=below)
+    return gd
+
+
+def _small(d):
+    """``d`` without its long arrays (for the JSON)."""
+    return {k: v for k, v in (d or {}).items() if not (np.ndim(v) > 0 and np.size(v) > 4 * TOP_K)}
+
+
+def run_bigspec_kernel(K, s, k, nugget, oracle, regime=None):
+    """``bigspec.spectrum`` on the matrix's first ``k`` diagonal blocks of ``s`` rows."""
+    import bigspec
+
+    kw = {} if regime is None else {"regime": regime}
+    row = {"method": "bigspec" if regime is None else f"bigspec regime={regime}",
+           "call": f"bigspec.spectrum(K, sample_size={s}, n_samples={k}, shift={nugget}, progress=False"
+                   + "".join(f", {a}={b!r}" for a, b in kw.items()) + ")"}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.perf_counter()
+            res = bigspec.spectrum(K, sample_size=s, n_samples=k, shift=nugget, progress=False, **kw)
+            row["seconds"] = time.perf_counter() - t0
+            sign, logdet = res.logdet()
+        row["warnings"] = [str(w.message) for w in caught]
+    except Exception as e:  # noqa: BLE001
+        row["status"] = f"failed: {_short(e)}"
+        row["traceback"] = traceback.format_exc(limit=3)
+        return row, None
+    row["status"] = "ok"
+    diag = res.diagnostics
+    row["regime"] = res.settings.get("regime")
+    row["regime_reason"] = diag.get("regime_reason")
+    for key in ("held_out_scaled", "held_out_decades", "held_out_by_regime"):
+        row[key] = diag.get(key)
+    row["settings"], row["diagnostics"] = _small(res.settings), _small(diag)
+    top = None
+    if row["regime"] == "kernel":
+        top = [t[0] for t in diag["top_eigenvalues"]]
+        row["top_source"] = 'diagnostics["top_eigenvalues"]'
+    row["logdet_sign"] = int(sign)
+    ld = float(logdet) if np.isfinite(logdet) else f"n/a: logdet() = ({sign}, {logdet})"
+    score_kernel(row, res.quantiles, oracle, top=top, trace=res.trace, logdet=ld)
+    row["trace_of_distribution_rel_err"] = (oracle["n"] * res.mean - oracle["trace"]) / oracle["trace"]
+    return row, res
+
+
+def run_kernel_case(results, case, K, nugget, n_samples, alphas, methods, slow, meta):
+    """All methods on one kernel matrix, at each alpha (``n_samples`` blocks of ``n // alpha`` rows)."""
+    t0 = time.perf_counter()
+    oracle = kernel_oracle(K, nugget)
+    n = oracle["n"]
+    full = oracle["eigs"]
+    meta.update({"oracle": f"np.linalg.eigvalsh(K) + {nugget} (full {n} x {n})",
+                 "oracle_seconds": time.perf_counter() - t0,
+                 "oracle_eig_min_max": [float(full.min()), float(full.max())], "oracle_trace": oracle["trace"],
+                 "oracle_logdet": oracle["logdet"], "oracle_top10": oracle["top"].tolist(),
+                 "oracle_quantiles": {str(p): float(oracle["quantile"](p)) for p in KERNEL_QUANTILES},
+                 "alphas": {}})
+    for alpha in alphas:
+        s = n // alpha
+        t1 = time.perf_counter()
+        own = np.concatenate([np.linalg.eigvalsh(K[j * s:(j + 1) * s, j * s:(j + 1) * s]) for j in range(n_samples)])
+        eig_seconds = time.perf_counter() - t1
+        own = own + nugget
+        rows, eigs = [], own
+        if "bigspec" in methods:
+            r, res = run_bigspec_kernel(K, s, n_samples, nugget, oracle)
+            rows.append(r)
+            if res is not None:
+                # freealg gets the pooled eigenvalues of bigspec's own samples (shift already added)
+                eigs = np.asarray(res.eigenvalues, float)
+                meta["alphas"].setdefault(str(alpha), {})["eigenvalues_match_own_blocks"] = bool(
+                    eigs.size == own.size and np.allclose(np.sort(eigs), np.sort(own), rtol=1e-9,
+                                                          atol=1e-12 * float(full.max())))
+            rows.append(run_bigspec_kernel(K, s, n_samples, nugget, oracle, regime="bulk")[0])
+        base = {"method": "sample (no decompression)", "status": "ok", "seconds": eig_seconds,
+                "note": "seconds: eigvalsh of the sample blocks (freealg's rows exclude it; bigspec's include it, "
+                        "with the nested sub-blocks)"}
+        score_kernel(base, esd_quantile(eigs), oracle)
+        rows.insert(0, base)
+        grid = kernel_grid(eigs, n / s)
+        meta["alphas"].setdefault(str(alpha), {}).update(
+            {"sample_size": s, "n_samples": n_samples, "sample_eig_min_max": [float(eigs.min()), float(eigs.max())],
+             "sample_eigvalsh_seconds": eig_seconds, "freealg_grid_points": int(grid.size)})
+        runs = [("freealg FreeForm", run_freeform, ("mp",)), ("freealg AlgebraicForm moc", run_algebraic, ("moc",)),
+                ("freealg AlgebraicForm coeffs", run_algebraic, ("coeffs",))]
+        for name, fn, extra in runs:
+            if not any(name.startswith(m) for m in methods):
+                continue
+            if (case, name) in slow:
+                rows.append({"method": name, "status": f"skipped: took {slow[(case, name)]:.0f} s > {SLOW_S:.0f} s "
+                                                       "at the smaller alpha"})
+                continue
+            r = fn(eigs, n, oracle, grid, *extra, n_sample=s, score=score_kernel_density)
+            if r.get("seconds") is not None and r["seconds"] > SLOW_S:
+                slow[(case, name)] = r["seconds"]
+            rows.append(r)
+        for r in rows:
+            r.update({"case": case, "n": n, "alpha": alpha, "n_sample": s, "n_samples": n_samples, "nugget": nugget})
+            results.append(r)
+            print_kernel_row(r)
+    meta["seconds"] = time.perf_counter() - t0
+
+
+def run_kernels(cases, n, alphas, methods, versions):
+    """The kernel cases: their rows and the ``kernels`` section of the JSON."""
+    results, slow, meta = [], {}, {}
+    t0 = time.perf_counter()
+    print("\n" + "  ".join(c.ljust(w) for c, w in zip(KCOLS, KWIDTHS)))
+    for case in cases:
+        tb = time.perf_counter()
+        K, nugget, n_samples, desc = kernel_matrix(case, n)
+        meta[case] = {**desc, "build_seconds": time.perf_counter() - tb,
+                      "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        run_kernel_case(results, case, K, nugget, n_samples, alphas, methods, slow, meta[case])
+        del K
+    return {"versions": versions, "n": n, "alphas": list(alphas), "cases": meta, "results": results,
+            "seconds": time.perf_counter() - t0, "w1_points": N_P, "log_floor": LOG_FLOOR,
+            "settings": {"bigspec": "bigspec.spectrum(K, sample_size=s, n_samples=k, shift=nugget, progress=False)",
+                         "bigspec regime=bulk": "the same with regime='bulk'",
+                         "freealg FreeForm": {**freeform_settings("mp"), "n": "s (set as ff.n)"},
+                         "freealg AlgebraicForm moc": {**alg_settings("moc"), "n": "s (AlgebraicForm(eigs, n=s))"},
+                         "freealg AlgebraicForm coeffs": {**alg_settings("coeffs"), "n": "s"},
+                         "grid": "kernel_grid: eval_grid + 200 log-spaced points below its first positive point"}}
+
+
+def merge_kernels(old, new):
+    """The ``kernels`` section after a run: ``new``'s cases replace ``old``'s, the others are kept."""
+    if not old:
+        return new
+    ran = set(new["cases"])
+    out = dict(new)
+    order = {c: i for i, c in enumerate(KERNEL_CASES)}
+    cases = {**{c: m for c, m in old.get("cases", {}).items() if c not in ran}, **new["cases"]}
+    out["cases"] = dict(sorted(cases.items(), key=lambda cm: order.get(cm[0], len(order))))
+    kept = [r for r in old.get("results", []) if r.get("case") not in ran]
+    out["results"] = sorted(kept + new["results"], key=lambda r: order.get(r.get("case"), len(order)))
+    return out
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(HERE, "results", "spectrum.json"))
-    ap.add_argument("--cases", default="mp,wigner,mp-rank,mp-deficient,digits-ntk")
+    ap.add_argument("--cases", default=",".join(LEGACY_CASES) + ",kernels",
+                    help="comma-separated: " + ", ".join(LEGACY_CASES) + "; kernels (all of: "
+                         + ", ".join(KERNEL_CASES) + ") or any of those")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--seeds", type=int, default=10,
-                    help="also repeat the oracle cases over this many fresh samples (0: skip)")
+                    help="also repeat the oracle cases over this many fresh samples (0: skip; not run "
+                         "when --cases names kernel cases only)")
+    ap.add_argument("--n", type=int, default=4000, help="points of the kernel cases (not digits: 1797)")
+    ap.add_argument("--alphas", default="4,8", help="decompression ratios n / s of the kernel cases")
     args = ap.parse_args(argv)
     cases = args.cases.split(",")
+    unknown = sorted(set(cases) - set(LEGACY_CASES) - set(KERNEL_CASES) - {"kernels"})
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}")
+    kcases = [c for c in KERNEL_CASES if c in cases or "kernels" in cases]
+    legacy = [c for c in cases if c in LEGACY_CASES]
+    alphas = [int(a) for a in args.alphas.split(",")]
     methods = set(args.methods.split(","))
 
     import bigspec
@@ -619,7 +975,8 @@ def main(argv=None):
             print(f"freealg numba warm-up (untimed in the rows): {warmup:.1f} s")
         except Exception as e:  # noqa: BLE001
             warmup = f"failed: {_short(e)}"
-    print_header()
+    if legacy or not kcases:
+        print_header()
     if "mp" in cases:
         law = MarchenkoPastur(1 / 50)
         A = law.matrix(1000, seed=1)
@@ -669,33 +1026,56 @@ def main(argv=None):
             "build_seconds": time.perf_counter() - t0}
         run_case(results, "digits-ntk", Ks, eigs, [n], lambda _n: oracle, "mp", methods, slow)
 
+    kernels = run_kernels(kcases, args.n, alphas, methods, versions) if kcases else None
+
     seeds_summary = per_seed = None
-    if args.seeds > 0:
+    if args.seeds > 0 and (legacy or not kcases):
         print(f"\nrepeating the oracle cases over {args.seeds} seeds", flush=True)
         per_seed, seeds_summary = run_seeds(args.seeds, methods)
 
     total = time.perf_counter() - t_all
-    doc = {"benchmark": "bench/spectrum.py", "versions": versions, "machine": platform.platform(),
-           "cpus": os.cpu_count(), "total_seconds": total, "freealg_numba_warmup_seconds": warmup,
-           "cases": meta_cases,
-           "settings": {"freealg FreeForm (mp-like)": freeform_settings("mp"),
-                        "freealg FreeForm (wigner)": freeform_settings("wigner"),
-                        "freealg FreeForm pade(1,0) (wigner)": freeform_settings("wigner", (1, 0)),
-                        "freealg AlgebraicForm moc": alg_settings("moc"),
-                        "freealg AlgebraicForm coeffs": alg_settings("coeffs"),
-                        "freealg eigvalsh": "freealg.eigvalsh(A_sample, size, seed=0)",
-                        "bigspec": "bigspec.free_decompress(eigs, size) (defaults)",
-                        "w1_points": N_P, "slow_skip_seconds": SLOW_S},
-           "results": results, "seeds_summary": seeds_summary, "seeds_results": per_seed}
+    previous = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            previous = json.load(f)
+    if legacy or not kcases:
+        doc = {"benchmark": "bench/spectrum.py", "versions": versions, "machine": platform.platform(),
+               "cpus": os.cpu_count(), "total_seconds": total, "freealg_numba_warmup_seconds": warmup,
+               "cases": meta_cases,
+               "settings": {"freealg FreeForm (mp-like)": freeform_settings("mp"),
+                            "freealg FreeForm (wigner)": freeform_settings("wigner"),
+                            "freealg FreeForm pade(1,0) (wigner)": freeform_settings("wigner", (1, 0)),
+                            "freealg AlgebraicForm moc": alg_settings("moc"),
+                            "freealg AlgebraicForm coeffs": alg_settings("coeffs"),
+                            "freealg eigvalsh": "freealg.eigvalsh(A_sample, size, seed=0)",
+                            "bigspec": "bigspec.free_decompress(eigs, size) (defaults)",
+                            "w1_points": N_P, "slow_skip_seconds": SLOW_S},
+               "results": results, "seeds_summary": seeds_summary, "seeds_results": per_seed}
+    else:  # a kernels-only run keeps the other cases' results as they are
+        doc = previous or {"benchmark": "bench/spectrum.py"}
+    if kernels is not None:
+        kernels.update({"machine": platform.platform(), "cpus": os.cpu_count(),
+                        "freealg_numba_warmup_seconds": warmup})
+        doc["kernels"] = merge_kernels(previous.get("kernels"), kernels)
+    elif previous.get("kernels") is not None:
+        doc["kernels"] = previous["kernels"]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1, default=_json_default)
-    md = os.path.splitext(args.out)[0] + ".md"
-    with open(md, "w") as f:
-        f.write(markdown_table(results, versions, total))
-        if seeds_summary:
-            f.write(seeds_table(seeds_summary, args.seeds))
-    print(f"\ntotal {total:.1f} s; wrote {args.out} and {md}")
+    written = [args.out]
+    if legacy or not kcases:
+        md = os.path.splitext(args.out)[0] + ".md"
+        with open(md, "w") as f:
+            f.write(markdown_table(results, versions, total))
+            if seeds_summary:
+                f.write(seeds_table(seeds_summary, args.seeds))
+        written.append(md)
+    if kernels is not None:
+        md = os.path.splitext(args.out)[0] + "_kernels.md"
+        with open(md, "w") as f:
+            f.write(kernel_markdown(doc["kernels"]))
+        written.append(md)
+    print(f"\ntotal {total:.1f} s; wrote {' and '.join(written)}")
 
 
 def _json_default(o):
@@ -753,6 +1133,74 @@ def markdown_table(results, versions, total):
               "L1: of the continuous densities; atom: mass of the atom reported (implied: freealg reports none, "
               "the missing continuous mass is put at the oracle's atom); mass: continuous mass of the density "
               "before normalisation; seconds: the decompression call only.", ""]
+    return "\n".join(lines)
+
+
+KCOLS = ("case", "alpha", "method", "regime", "q10", "q25", "q50", "q75", "q90", "trace", "W1 log10",
+         "top-10", "logdet", "held-out", "seconds", "status")
+KWIDTHS = (15, 5, 28, 7, 8, 8, 8, 8, 8, 8, 8, 8, 8, 26, 7, 20)
+
+
+def _pct(v, signed=True):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return "n/a"
+    if not np.isfinite(v):
+        return str(v)
+    return f"{100 * v:{'+' if signed else ''}.3g}%"
+
+
+def _held_out(r):
+    by = r.get("held_out_by_regime") or {}
+    parts = [f"{k} {_fmt(v, '.3f')}" for k, v in by.items()]
+    if r.get("held_out_scaled") is None and not parts:
+        return "-"
+    return f"{_fmt(r.get('held_out_scaled'), '.3f')}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _kernel_cells(r):
+    status = r.get("status", "")
+    q = r.get("quantile_rel_err") or {}
+    return [r["case"], str(r["alpha"]), r["method"], r.get("regime") or "-",
+            *[_pct(q.get(str(p))) for p in KERNEL_QUANTILES], _pct(r.get("trace_rel_err")),
+            _fmt(r.get("w1_log10"), ".3f"), _pct(r.get("top10_max_rel_err"), signed=False),
+            _pct(r.get("logdet_rel_err")), _held_out(r), _fmt(r.get("seconds"), ".2f"),
+            "ok" if status == "ok" else status]
+
+
+def print_kernel_row(r):
+    print("  ".join(c.ljust(w) for c, w in zip(_kernel_cells(r), KWIDTHS)), flush=True)
+
+
+def kernel_markdown(section):
+    """The markdown report of the ``kernels`` section (all its cases, whichever run wrote them)."""
+    v = section["versions"]
+    lines = ["# Kernel-matrix spectra: bigspec vs freealg", "",
+             "Written by `python bench/spectrum.py --cases kernels` (see its docstring for the cases, methods "
+             "and metrics). " + ", ".join(f"{k} {x}" for k, x in v.items())
+             + f"; n = {section['n']} (digits: 1797); last run {section['seconds']:.0f} s.", "",
+             "| case | kernel | X | n | nugget | samples (alpha: k x s) | oracle eigenvalues | oracle logdet |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case, m in section["cases"].items():
+        al = ", ".join(f"{a}: {d['n_samples']} x {d['sample_size']}" for a, d in m.get("alphas", {}).items()
+                       if "sample_size" in d)
+        lo, hi = m.get("oracle_eig_min_max", [None, None])
+        lines.append(f"| {case} | `{m['call']}` | `{m['data']}` | {m['n']} | {m['nugget']:g} | {al} | "
+                     f"{_fmt(lo, '.2e')} .. {_fmt(hi, '.2e')} | {_fmt(m.get('oracle_logdet'), '.6g')} |")
+    lines += ["", "| " + " | ".join(KCOLS) + " |", "|" + "---|" * len(KCOLS)]
+    for r in section["results"]:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _kernel_cells(r)) + " |")
+    lines += ["", ("q10..q90: signed relative error of the 10/25/50/75/90% quantiles; trace: signed relative error "
+              "of the trace; W1 log10: Wasserstein-1 of log10 eigenvalues, in decades (values clipped below at "
+              f"{LOG_FLOOR:g} x the largest eigenvalue); top-10: largest relative error of the 10 largest "
+              "eigenvalues (bigspec's kernel regime: `diagnostics[\"top_eigenvalues\"]`; otherwise the method's "
+              "quantiles at p = 1 - (k - 0.5)/n); logdet: signed relative error of the log-determinant (n/a: the "
+              "method puts mass at or below 0; the JSON has its positive part's); held-out: bigspec's "
+              "`held_out_scaled` (the regimes' `held_out_by_regime`), decades; seconds: bigspec: the whole "
+              "`spectrum()` call (sample "
+              "eigenvalues and nested sub-blocks included); freealg: fit + decompress; sample: the blocks' "
+              "eigvalsh."), ""]
     return "\n".join(lines)
 
 
