@@ -294,18 +294,24 @@ def _short(e):
     return msg[:200]
 
 
-def score_density(row, x, rho, atoms, oracle):
-    """Fill W1/L1/mass columns of ``row`` from a density-on-grid answer."""
-    truth_atom = oracle.get("atom")
-    gd = GridDistribution(x, rho, atoms, truth_atom)
-    row["w1"] = w1(gd.quantile, oracle["quantile"])
-    row["l1"] = l1(x, rho, oracle["law"]) if oracle.get("law") is not None else None
+def _grid_fields(row, x, gd, atoms):
+    """The columns every density-on-grid answer reports: its mass, NaNs, grid size and atoms."""
     row["cont_mass"] = gd.cont_mass
     row["neg_mass"] = gd.neg_mass
     row["nan_points"] = gd.n_nan
     row["grid_points"] = int(np.size(x))
     if atoms:
         row["atoms"] = [[float(a), float(m)] for a, m in atoms]
+
+
+def score_density(row, x, rho, atoms, oracle):
+    """Fill W1/L1/mass columns of ``row`` from a density-on-grid answer."""
+    truth_atom = oracle.get("atom")
+    gd = GridDistribution(x, rho, atoms, truth_atom)
+    row["w1"] = w1(gd.quantile, oracle["quantile"])
+    row["l1"] = l1(x, rho, oracle["law"]) if oracle.get("law") is not None else None
+    _grid_fields(row, x, gd, atoms)
+    if atoms:
         row["atom_mass"] = float(sum(m for _, m in atoms))
     elif gd.implied_atom is not None:
         row["atom_mass"] = None
@@ -766,12 +772,7 @@ def score_kernel(row, quantile, oracle, top=None, trace=None, logdet=None, below
 def score_kernel_density(row, x, rho, atoms, oracle):
     """:func:`score_density`'s counterpart for the kernel cases (the ``score`` of the freealg runners)."""
     gd = GridDistribution(x, rho, atoms)
-    row["cont_mass"] = gd.cont_mass
-    row["neg_mass"] = gd.neg_mass
-    row["nan_points"] = gd.n_nan
-    row["grid_points"] = int(np.size(x))
-    if atoms:
-        row["atoms"] = [[float(a), float(m)] for a, m in atoms]
+    _grid_fields(row, x, gd, atoms)
     # mass at or below 0: the density's at the grid points <= 0 (not the trapezoid's ramp across 0,
     # whose upper end is the density at the first positive point) and the atoms there
     order = np.argsort(np.asarray(x, float))
