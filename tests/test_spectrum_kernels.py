@@ -88,7 +88,7 @@ def test_top_eigenvalue_intervals_and_tail_exponent():
     assert covered >= 8, tops
     lo, hi = r.diagnostics["tail_exponent_interval"]
     assert lo <= r.diagnostics["tail_exponent"] <= hi
-    assert 1.5 < r.diagnostics["tail_exponent"] < 1 + 2 * 1.5 / 4 + 0.25
+    assert r.diagnostics["tail_exponent"] == pytest.approx(1 + 2 * 1.5 / 4, abs=0.25)   # Widom: 1 + 2 nu / d
 
 
 def test_regime_can_be_forced_and_free_decompress_refuses_kernel():
@@ -125,7 +125,7 @@ def test_effective_rank_condition_number_and_top_eigenvalues_of_the_result():
     r = bigspec.spectrum(K, sample_size=1000, n_samples=2, progress=False)
     assert r.effective_rank == pytest.approx(exact.sum() ** 2 / np.sum(exact ** 2), rel=0.10)
     np.testing.assert_allclose(r.top_eigenvalues(5), exact[:5], rtol=0.10)
-    assert 1 / 3 < r.condition_number / (exact[0] / exact[-1]) < 3
+    assert abs(np.log(r.condition_number / (exact[0] / exact[-1]))) < np.log(3)
     d = r.to_dict()
     assert d["effective_rank"] == r.effective_rank and len(d["top_eigenvalues"]) == 10
     with pytest.raises(bigspec.ArgumentError, match=r"k must be between 1 and 4000"):

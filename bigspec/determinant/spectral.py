@@ -217,7 +217,10 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
         sample_mean_log = float(np.mean(np.log(np.abs(ev))))
     fit_error = d * res.size * (float(fitted) / m - sample_mean_log) if np.isfinite(sample_mean_log) and \
         np.isfinite(fitted) and alpha > 1 else math.nan
-    return _assemble(**locals())
+    return _assemble(res=res, ev=ev, d=d, alpha=alpha, regime=regime, logabsdet=logabsdet, sign=sign, per=per,
+                     unfit=unfit, fit_error=fit_error, held_out=held_out, held_out_term=held_out_term,
+                     half_rows=half_rows, n_samples=n_samples, m=m, rows=rows, n=n, shift=shift, scale=scale, seed=seed,
+                     device=device, caught=caught, per_warnings=per_warnings, t_start=t_start)
 
 
 def _kernel_pieces(res, n_samples, shift, d, alpha):
@@ -300,7 +303,7 @@ def _free_pieces(res, n_samples, shift, d, alpha, m, rows, regime, ev, *, A, ker
 
 
 def _assemble(*, res, ev, d, alpha, regime, logabsdet, sign, per, unfit, fit_error, held_out, held_out_term,
-              half_rows, n_samples, m, rows, n, shift, scale, seed, device, caught, per_warnings, t_start, **_):
+              half_rows, n_samples, m, rows, n, shift, scale, seed, device, caught, per_warnings, t_start):
     """The interval, the one warning and the result, from the pieces of either regime."""
     # -- what the spectrum shows ---------------------------------------------------------------
     top = float(np.max(np.abs(ev)))
