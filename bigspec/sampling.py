@@ -28,6 +28,21 @@ def warn_if_unshuffled(ms, what: str, stacklevel: int = 3) -> None:
                       stacklevel=stacklevel + 1)
 
 
+def store_layout(ms, n: int) -> tuple[int, int]:
+    """(rows per sample, Kronecker outputs) of an n-row matrix, from its store's kernel record.
+
+    A store of a Kronecker kernel ``K (x) I_d`` holds K only: one row per sample, d Kronecker
+    outputs. A store of a kernel with d outputs per sample held in full (an empirical NTK, rows
+    sample-major) has d rows per sample, so samples are blocks of whole samples. Anything else
+    (no record, or n not a multiple of d): one row per sample.
+    """
+    spec = (ms.attrs.get("kernel") or {}) if ms is not None else {}
+    d = int(spec.get("n_outputs", 1) or 1)
+    if spec.get("kron_identity"):
+        return 1, d
+    return (d if d > 1 and n % d == 0 else 1), 1
+
+
 def diagonal_blocks(m, spans, client) -> list:
     """``A[r0:r1, r0:r1]`` for each ``(r0, r1)`` in ``spans``, as task inputs.
 

@@ -11,6 +11,7 @@ errors that small).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -134,17 +135,110 @@ def test_effective_rank_condition_number_and_top_eigenvalues_of_the_result():
 
 @pytest.mark.parametrize("name,nugget", [("matern1.5", 1e-3), ("relu", 0.0)])
 def test_spectral_and_flodance_log_determinants_agree(name, nugget):
-    """Where both apply, the spectral estimate (kernel regime) and FLODANCE overlap and cover the exact value."""
+    """Where both apply, the spectral estimate (kernel regime) and FLODANCE overlap and cover the exact
+    value; ``cross_check`` reports both in one result, the second as run on its own."""
     K, _ = _case(name)
     exact = np.linalg.slogdet(K + nugget * np.eye(len(K)))[1]
     shift = {"shift": nugget} if nugget else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bigspec.BigspecWarning)
-        sp = bigspec.logdet(K, method="spectrum", sample_size=1000, n_samples=2, progress=False, **shift)
+        sp = bigspec.logdet(K, method="spectrum", sample_size=1000, n_samples=2, progress=False,
+                            cross_check="flodance", **shift)
         fl = bigspec.logdet(K, method="flodance", sample_size=1000, progress=False, **shift)
     assert sp.diagnostics["regime"] == "kernel"
     assert sp.covers(exact) and fl.covers(exact)
+    check = sp.diagnostics["cross_check"]
+    assert check["method"] == "flodance" and check["overlap"] is True
+    assert check["logabsdet"] == fl.logabsdet and check["interval"] == tuple(fl.interval)
     assert max(sp.interval[0], fl.interval[0]) <= min(sp.interval[1], fl.interval[1])
+    assert not any("do not overlap" in w for w in sp.warnings)
+    assert sp.to_dict()["diagnostics"]["cross_check"]["method"] == "flodance"
+
+
+def test_a_cross_check_that_disagrees_warns_with_both_intervals():
+    from bigspec.determinant import _attach_cross_check
+    from bigspec.determinant.estimate import EstimateResult
+
+    one = EstimateResult(method="spectrum", sign=1, logabsdet=-100.0, interval=(-110.0, -90.0),
+                         interval_meaning="test", n=50)
+    other = EstimateResult(method="flodance", sign=1, logabsdet=-60.0, interval=(-65.0, -55.0),
+                           interval_meaning="test", n=50)
+    with pytest.warns(bigspec.EstimateWarning, match=r"spectrum estimate -100 in \(-110, -90\) and the flodance "
+                                                     r"estimate -60 in \(-65, -55\) do not overlap"):
+        r = _attach_cross_check(one, "flodance", lambda: other)
+    assert r.diagnostics["cross_check"]["overlap"] is False and len(r.warnings) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = _attach_cross_check(one, "flodance", lambda: dataclasses.replace(other, interval=(-95.0, -55.0)))
+    assert r.diagnostics["cross_check"]["overlap"] is True and not r.warnings
+
+
+def test_cross_check_arguments_are_checked():
+    K = np.eye(50)
+    with pytest.raises(bigspec.ArgumentError, match=r"method='ldl' is exact, so it needs no cross-check"):
+        bigspec.logdet(K, cross_check="flodance")
+    with pytest.raises(bigspec.ArgumentError, match=r"another estimator than method='flodance': one of 'slq', "
+                                                    r"'spectrum'; got 'flodance'"):
+        bigspec.logdet(K, method="flodance", cross_check="flodance")
+    with pytest.raises(bigspec.ArgumentError, match=r"cross_check='slq' needs the matrix A"):
+        bigspec.logdet(kernel="rbf", X=np.zeros((50, 2)), method="flodance", cross_check="slq")
+
+
+class TwoLayerNTK:
+    """Empirical NTK of ``f(x) = W2 relu(W1 x) / sqrt(h)`` with d outputs: ``J J^T``, rows sample-major.
+
+    Its rank is at most the parameter count ``d h + h p`` (here 520 < 10 n): rank deficient.
+    """
+
+    name = "two-layer-entk"
+    kron_identity = False
+
+    def __init__(self, p=16, h=20, n_outputs=10, draw_seed=0):
+        rng = np.random.default_rng(draw_seed)
+        self.W1, self.W2, self.n_outputs = rng.standard_normal((h, p)), rng.standard_normal((n_outputs, h)), n_outputs
+        self.params = {"p": p, "h": h, "draw_seed": draw_seed}
+
+    def jacobian(self, X):
+        n, d, h = len(X), self.n_outputs, self.W1.shape[0]
+        Z = X @ self.W1.T
+        J2 = np.einsum("ab,ik->iabk", np.eye(d), np.maximum(Z, 0)).reshape(n * d, d * h)
+        J1 = np.einsum("ak,ik,ip->iakp", self.W2, (Z > 0) * 1.0, X).reshape(n * d, -1)
+        return np.hstack([J2, J1]) / np.sqrt(h)
+
+    def __call__(self, x_rows, x_cols, *, diagonal=False):
+        return self.jacobian(x_rows) @ self.jacobian(x_cols).T
+
+
+def test_rank_deficient_ntk_with_10_outputs_from_a_store(tmp_path):
+    """An empirical NTK with 10 outputs per sample (4000 rows, rank 500): a store of it is sampled in whole
+    samples of 10 rows, the atom at 0 has the exact mass, the top-10 eigenvalues are within 10%, the held-out
+    error is within 2x of the true one on the nonzero part (and warned: it is wide), the log-determinant is
+    -inf with a warning rather than a number, and FLODANCE refuses with the reason."""
+    X = np.random.default_rng(0).standard_normal((400, 16))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    k = TwoLayerNTK()
+    ms = bigspec.form(k, X, str(tmp_path / "entk.zarr"), tile_size=500, progress=False)
+    K = ms.read(0, ms.n, 0, ms.n)
+    ev = np.linalg.eigvalsh(K)
+    nonzero = np.sort(ev[ev > 1e-9 * ev.max()])
+    with pytest.warns(DecompressionWarning, match=r"held-out error is 0\.\d+ decades"):
+        r = bigspec.spectrum(ms, sample_size=100, n_samples=2, progress=False)
+    assert r.settings["rows_per_sample"] == 10 and r.size == 4000 and r.sample_size == 1000
+    assert r.settings["regime"] == "kernel" and r.diagnostics["rank"] == nonzero.size
+    (at, mass), = r.atoms
+    assert at == 0.0 and mass == pytest.approx(1 - nonzero.size / ev.size, abs=1e-9)
+    np.testing.assert_allclose(r.top_eigenvalues(10), ev[::-1][:10], rtol=0.10)
+    pp = (np.arange(nonzero.size) + 0.5) / nonzero.size
+    w1 = float(np.mean(np.abs(np.log10(r.quantiles(mass + (1 - mass) * pp)) - np.log10(nonzero))))
+    reported = r.diagnostics["held_out_scaled"]
+    assert reported > 0.1 and w1 / 2 <= reported <= 2 * w1, (reported, w1)
+    sampled = np.diag(K)[:2000]              # the two samples of 100 data points: rows 0..1999
+    assert r.trace == pytest.approx(ev.size * sampled.mean(), rel=1e-9)
+    with pytest.warns(bigspec.EstimateWarning, match=r"atom at 0 of mass 0\.875"):
+        est = bigspec.logdet(ms, method="spectrum", sample_size=100, n_samples=2, progress=False)
+    assert est.sign == 0 and est.logabsdet == -np.inf and est.rows_per_sample == 10
+    with pytest.raises(bigspec.EstimateError, match=r"the rank stops growing along the ladder"):
+        bigspec.logdet(ms, method="flodance", sample_size=100, progress=False)
 
 
 def test_small_samples_fall_back_to_bulk_with_the_reason_and_a_warning():

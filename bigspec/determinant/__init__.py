@@ -23,7 +23,7 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
            client=None, checkpoint=None, overwrite=None, device="cpu", progress=None, dry_run=None,
            storage_options=None, triangle=None, missing_chunks="error", sample_size=None, n_ladders=None,
            seed=None, pseudo_tol=None, probes=None, lanczos_steps=None, reorthogonalize=None, n_samples=None,
-           **kernel_params):
+           cross_check=None, **kernel_params):
     """Log-determinant of ``scale * A + diag(shift)``: exact, or estimated from a fraction of the matrix.
 
     One verb for every method: the exact tiled factorizations (``"ldl"``, ``"cholesky"``) and
@@ -94,6 +94,12 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         reorthogonalization (default False).
     n_samples : int
         ``"spectrum"``: disjoint samples pooled into the density (default 4).
+    cross_check : {"flodance", "spectrum", "slq"}, optional
+        Estimators: a second, independent estimate by this method on the same matrix (its
+        own defaults, the same ``sample_size`` and ``seed`` where it takes them), reported in
+        ``diagnostics["cross_check"]`` (method, sign, logabsdet, interval, seconds, whether
+        the two intervals overlap). Intervals that do not overlap mean one of the two is
+        wrong: an :class:`EstimateWarning` says so with both intervals.
 
     Returns
     -------
@@ -184,6 +190,52 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
     common = dict(shift=shift, scale=scale, client=client, device=device, progress=progress,
                   storage_options=storage_options, triangle=triangle, missing_chunks=missing_chunks)
     given = {k: v for k, v in options.items() if v is not None}
+    if cross_check is not None:
+        if name not in ESTIMATE_METHODS:
+            raise ArgumentError(f"{arg('cross_check')} compares two estimates; {arg('method', name)} is exact, so it "
+                                f"needs no cross-check")
+        if cross_check not in ESTIMATE_METHODS or cross_check == name:
+            others = [m for m in ESTIMATE_METHODS if m != name]
+            raise ArgumentError(f"{arg('cross_check')} must be another estimator than {arg('method', name)}: one of "
+                                f"{', '.join(map(repr, others))}; got {cross_check!r}")
+        if cross_check == "slq" and A is None:
+            raise ArgumentError(f"{arg('cross_check', 'slq')} needs the matrix A: SLQ reads all of it, and "
+                                f"{kw('kernel')} with {kw('X')} never forms it")
+    result = _estimate_or_exact(name, A, kernel, X, common, given, kernel_params)
+    if cross_check is None:
+        return result
+    shared = {k: v for k, v in given.items() if k in METHOD_OPTIONS[cross_check] and k != "n_ladders"}
+    if cross_check == "spectrum" and "sample_size" in shared:    # as many disjoint samples as fit, up to 4
+        shared["n_samples"] = max(1, min(4, result.n // shared["sample_size"]))
+    return _attach_cross_check(result, cross_check,
+                               lambda: _estimate_or_exact(cross_check, A, kernel, X, common, shared, kernel_params))
+
+
+def _attach_cross_check(result, method: str, run):
+    """``result`` with a second method's estimate in ``diagnostics["cross_check"]`` (a warning where they disagree)."""
+    import dataclasses
+
+    from .estimate import emit
+
+    other = run()
+    overlap = bool(max(result.interval[0], other.interval[0]) <= min(result.interval[1], other.interval[1]))
+    issued = list(result.warnings)
+    if not overlap:
+        emit(f"the {result.method} estimate {result.logabsdet:.6g} in ({result.interval[0]:.6g}, "
+             f"{result.interval[1]:.6g}) and the {other.method} estimate {other.logabsdet:.6g} in "
+             f"({other.interval[0]:.6g}, {other.interval[1]:.6g}) do not overlap: at least one interval misses the "
+             f"log-determinant; compute it exactly (method='ldl') or raise sample_size", issued, stacklevel=4)
+    check = dict(method=other.method, sign=other.sign, logabsdet=other.logabsdet, interval=tuple(other.interval),
+                 interval_meaning=other.interval_meaning, seconds=other.seconds, overlap=overlap,
+                 warnings=list(other.warnings))
+    return dataclasses.replace(result, diagnostics={**result.diagnostics, "cross_check": check},
+                               warnings=tuple(issued))
+
+
+def _estimate_or_exact(name, A, kernel, X, common, given, kernel_params):
+    """Run one method (options already checked)."""
+    from ..errors import ArgumentTypeError
+
     if name in EXACT_METHODS:
         from .exact import exact_logdet
 
@@ -191,7 +243,7 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
             raise ArgumentTypeError("logdet() needs the matrix A (a store, a path or an array)")
         given.setdefault("overwrite", False)
         given.setdefault("dry_run", False)
-        return exact_logdet(A, method=method, **common, **given)
+        return exact_logdet(A, method=name, **common, **given)
     if name == "flodance":
         from .flodance import flodance_logdet
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..backend import check_device, get_namespace, to_host
 from ..errors import ArgumentError, ArgumentTypeError, EstimateError, arg, kw, opt
-from ..sampling import as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled
+from ..sampling import as_float64, bound_kernel, diagonal_blocks, on_kernel_block, store_layout, warn_if_unshuffled
 from .estimate import EstimateResult, emit
 from .ladder_fit import fit_ladder
 from ..validate import check_count
@@ -285,7 +285,6 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
     if kernel is not None and X is None:
         raise ArgumentTypeError(f"{kw('kernel')} needs the data {kw('X')} too")
     if A is not None:
-        from ..form import kron_outputs
         from ..matrix import as_matrix
 
         if kernel_params:
@@ -294,11 +293,7 @@ def flodance_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_ladders=
         m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options,
                       client=client)
         ms = m.store
-        spec = (ms.attrs.get("kernel") or {}) if ms is not None else {}
-        kron = kron_outputs(ms) if ms is not None else 1
-        rows = 1 if kron != 1 or not spec else int(spec.get("n_outputs", 1))
-        if m.n % rows:
-            rows = 1
+        rows, kron = store_layout(ms, m.n)
         n = m.n // rows
         source = ms.url if ms is not None else f"{m.kind} array"
         warn_if_unshuffled(ms, "a scaling-law extrapolation from them", stacklevel=4)

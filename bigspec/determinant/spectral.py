@@ -183,7 +183,7 @@ def spectral_logdet(A=None, *, kernel=None, X=None, sample_size=None, n_samples=
             caught.append(str(w.message))
         else:                                    # not the decompression's: pass it on as it was
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    rows = 1 if n_points is None else res.size // n_points      # matrix rows per data point
+    rows = int(res.settings.get("rows_per_sample", 1))           # matrix rows per data point
     n = res.size // rows                                         # data points (rows of A)
     if shift_rows is not None and shift_rows not in (res.size, res.size * res.kron_outputs):
         raise ArgumentError(f"{arg('shift')} must be a scalar or a vector of length n={res.size}, got length "

@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import check_device, get_namespace, to_host
 from ..errors import ArgumentError, arg
 from ..validate import check_count
-from ..sampling import RandomOrderWarning, as_float64, bound_kernel, diagonal_blocks, on_kernel_block, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
+from ..sampling import RandomOrderWarning, as_float64, bound_kernel, diagonal_blocks, on_kernel_block, store_layout, warn_if_unshuffled  # noqa: F401  (RandomOrderWarning: its old home)
 from .free import DecompressionWarning, InvalidSpectrumError, free_decompress
 from .operator import MIN_LEVEL, WIDE_DECADES, held_out, held_out_bulk, kernel_decompress, level_means, nested_eigvalsh
 
@@ -47,11 +47,14 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         Instead of a store: a kernel (name or instance) and data. Each sample is a seeded
         random subset of ``sample_size`` data points; only its block is formed.
     sample_size : int
-        Rows (data points, for ``kernel, X``) per sample. Default: ``min(n // n_samples, 4096)``.
+        Samples (data points) per sampled block: rows of a matrix, except for a kernel with d
+        outputs per data point held in full (an empirical NTK from :func:`bigspec.form`, rows
+        sample-major), whose blocks are whole data points of d rows each. Default:
+        ``min(n // n_samples, 4096)``.
     n_samples : int
         Disjoint samples, pooled into one fit.
     size : int, optional
-        Size to decompress to (default: the full matrix, n).
+        Data points to decompress to (default: all n of the matrix).
     seed : int
         Seeds the subsets (``kernel, X``); recorded in the result.
     client : distributed.Client, optional
@@ -132,18 +135,18 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                             f"kernel parameters apply with kernel= and X=")
         m = as_matrix(A, triangle=triangle, missing_chunks=missing_chunks, storage_options=storage_options,
                       client=client)
-        n = m.n
         ms = m.store
+        # a store of K (x) I_d holds K, whose spectrum it has (d-fold); one of an NTK with d outputs
+        # per sample held in full is sampled in whole samples of d rows; sizes count samples
+        rows, kron = store_layout(ms, m.n)
+        n = m.n // rows
         warn_if_unshuffled(ms, "the density")
         sample_size = check_sample_size(sample_size, n, n_samples)
-        spans = [(j * sample_size, (j + 1) * sample_size) for j in range(n_samples)]
+        spans = [(j * sample_size * rows, (j + 1) * sample_size * rows) for j in range(n_samples)]
         blocks = diagonal_blocks(m, spans, client)
-        tasks = [dask.delayed(nested_eigvalsh if nested else _eigvalsh)(blk, device) for blk in blocks]
+        extra = (device, rows) if nested else (device,)
+        tasks = [dask.delayed(nested_eigvalsh if nested else _eigvalsh)(blk, *extra) for blk in blocks]
         source = ms.url if ms is not None else f"{m.kind} array"
-        rows = 1  # a store holds K: K (x) I_d has K's spectrum, and sizes count K's rows
-        from ..form import kron_outputs
-
-        kron = kron_outputs(ms) if ms is not None else 1
     else:
         k, Xa, data = bound_kernel(kernel, X, kernel_params)
         n = int(Xa.shape[0])
@@ -168,11 +171,10 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     else:
         res = free_decompress(eigs, size * rows, sample_size=sample_size * rows, seed=seed, source=source,
                               **decompress)
-    if kron != 1:
-        import dataclasses
+    import dataclasses
 
-        res = dataclasses.replace(res, kron_outputs=int(kron))
-    return res
+    # sizes of the result count matrix rows; rows_per_sample turns them back into data points
+    return dataclasses.replace(res, kron_outputs=int(kron), settings={**res.settings, "rows_per_sample": int(rows)})
 
 
 def check_counts(sample_size, n_samples) -> int:
