@@ -1,0 +1,128 @@
+"""The store lease: one writer at a time, refused with the holder named, expired when the holder is gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bigspec.errors import LeaseWarning, StoreLeaseError, StoreNotWritableError
+from bigspec.lease import acquire, hold, pid_alive, read_lease
+
+
+def plant(store, pid, host=None, refreshed=None, ttl=120.0, token="theirs", command="bigspec run other.yaml"):
+    """A lease file as another writer would have left it."""
+    now = time.time()
+    lease = {"host": host or socket.gethostname(), "pid": pid, "started": now - 60,
+             "refreshed": now if refreshed is None else refreshed, "ttl": ttl, "token": token, "command": command}
+    with open(f"{store}.lease", "w") as f:
+        json.dump(lease, f)
+
+
+@pytest.fixture
+def live_pid():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert not pid_alive(p.pid)
+    return p.pid
+
+
+def test_second_writer_is_refused_with_the_holder_named(tmp_path, live_pid):
+    store = str(tmp_path / "K.zarr")
+    plant(store, live_pid)
+    with pytest.raises(StoreLeaseError) as e:
+        acquire(store)
+    said = str(e.value)
+    assert f"pid {live_pid}" in said and socket.gethostname() in said and "bigspec run other.yaml" in said
+    assert "force=True" in said and e.value.cli_message().count("--force") == 1
+    assert read_lease(store).pid == live_pid                   # untouched
+
+
+def test_lease_held_in_this_process_refuses_another_acquire(tmp_path):
+    store = str(tmp_path / "K.zarr")
+    with hold(store) as lease:
+        with pytest.raises(StoreLeaseError, match=f"pid {os.getpid()}"):
+            acquire(store)
+        assert read_lease(store).token == lease.holder.token
+    assert read_lease(store) is None
+
+
+def test_lease_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
+    store = str(tmp_path / "K.zarr")
+    plant(store, dead_pid)
+    with pytest.warns(LeaseWarning, match=f"process {dead_pid} .* is gone"):
+        lease = acquire(store)
+    try:
+        assert lease.taken_from.pid == dead_pid and read_lease(store).pid == os.getpid()
+    finally:
+        lease.release()
+    assert read_lease(store) is None
+
+
+def test_lease_not_refreshed_within_its_ttl_expires(tmp_path, live_pid):
+    store = str(tmp_path / "K.zarr")
+    plant(store, live_pid, host="elsewhere", refreshed=time.time() - 1000, ttl=60)
+    with pytest.warns(LeaseWarning, match="not refreshed for"):
+        with hold(store) as lease:
+            assert lease.taken_from.host == "elsewhere"
+
+
+def test_force_takes_over_a_live_lease_and_says_so(tmp_path, live_pid):
+    store = str(tmp_path / "K.zarr")
+    plant(store, live_pid)
+    with pytest.warns(LeaseWarning, match=f"pid {live_pid}.*forced"):
+        lease = acquire(store, force=True)
+    assert read_lease(store).token == lease.holder.token
+    # the displaced holder's release (by token) leaves the new lease alone
+    plant_token = "theirs"
+    from bigspec.lease import _Place
+
+    assert _Place(store).remove_if(plant_token) is False
+    assert read_lease(store).token == lease.holder.token
+    lease.release()
+
+
+def test_holder_refreshes_and_notices_a_takeover(tmp_path):
+    store = str(tmp_path / "K.zarr")
+    lease = acquire(store, ttl=0.3)
+    try:
+        first = read_lease(store).refreshed
+        time.sleep(0.5)
+        assert read_lease(store).refreshed > first                # refreshed by its thread
+        plant(store, os.getpid() + 10**6, host="elsewhere", token="new")   # someone forced it away
+        assert lease.refresh() is False and lease.lost.token == "new"
+    finally:
+        lease.release()
+    assert read_lease(store).token == "new"                       # not ours to remove
+
+
+def test_hold_is_reentrant_and_works_on_fsspec_urls(tmp_path):
+    store = "memory://lease-test/K.zarr"
+    with hold(store) as outer:
+        with hold(store) as inner:
+            assert inner is outer
+        assert read_lease(store).pid == os.getpid()
+        with pytest.raises(StoreLeaseError):
+            acquire(store)
+    assert read_lease(store) is None
+
+
+def test_unwritable_location(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreNotWritableError, match="cannot write the store"):
+        acquire(str(tmp_path / "afile" / "K.zarr"))
