@@ -26,14 +26,18 @@ from .errors import (
     IncompleteStoreError,
     Interrupted,
     InvalidMatrixError,
+    JobSpecError,
     KernelError,
+    LeaseWarning,
     MemoryBudgetError,
     NonFiniteError,
     NotPositiveDefiniteError,
     OverwriteWarning,
     SingularMatrixWarning,
     StoreExistsError,
+    StoreLeaseError,
     StoreNotFoundError,
+    StoreNotWritableError,
     TileSizeError,
     UnstableFactorizationError,
     WorkerLostWarning,
@@ -62,10 +66,10 @@ _lazy = {
 
 __all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",
                   "BigspecError", "ArgumentError", "ArgumentTypeError", "BigspecWarning", "ClusterError", "EstimateError", "EstimateWarning",
-                  "Interrupted", "KernelError", "WorkerLostWarning", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
+                  "Interrupted", "JobSpecError", "KernelError", "WorkerLostWarning", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
                   "InvalidMatrixError", "InvalidSpectrumError", "MemoryBudgetError", "NonFiniteError",
-                  "NotPositiveDefiniteError", "OverwriteWarning", "SingularMatrixWarning", "StoreExistsError",
-                  "StoreNotFoundError", "TileSizeError", "UnstableFactorizationError", "__version__"])
+                  "NotPositiveDefiniteError", "OverwriteWarning", "SingularMatrixWarning", "StoreExistsError", "StoreLeaseError",
+                  "StoreNotFoundError", "StoreNotWritableError", "LeaseWarning", "TileSizeError", "UnstableFactorizationError", "__version__"])
 
 
 def __getattr__(name):

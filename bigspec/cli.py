@@ -34,11 +34,27 @@ def _emit(obj, as_json: bool) -> None:
         click.echo(obj if isinstance(obj, str) else repr(obj))
 
 
+def _remember_tls(ctx, param, value):
+    if value is not None:
+        ctx.meta["bigspec.tls"] = value
+    return value
+
+
+#: ``--tls DIR``: not a parameter of the command functions; kept on the context, where ``_client`` reads it
+tls_option = click.option(
+    "--tls", "tls", metavar="DIR", type=click.Path(file_okay=False), expose_value=False, callback=_remember_tls,
+    help="TLS certificates directory (written by `bigspec certs DIR`) for a tls:// scheduler; without a "
+         "scheduler, the local cluster speaks TLS with it. Default: the distributed.comm.tls config "
+         "(DASK_DISTRIBUTED__COMM__TLS__*).")
+
+
 def cluster_options(f):
     """Options shared by commands that run on a cluster."""
     opts = [
-        click.option("--scheduler", metavar="ADDR", help="Join a running scheduler (tcp://host:8786)."),
+        click.option("--scheduler", metavar="ADDR", help="Join a running scheduler (tcp://host:8786, or "
+                                                         "tls://host:8786 with --tls)."),
         click.option("--scheduler-file", type=click.Path(), help="Join the scheduler in this file."),
+        tls_option,
         click.option("--workers", type=int, help="Workers of the local cluster (default: sized to the machine)."),
         click.option("--threads", type=int, help="Threads per worker of the local cluster."),
         click.option("--memory-limit", default="auto", show_default=True, help="Memory limit per local worker."),
@@ -51,13 +67,17 @@ def cluster_options(f):
 
 
 @contextlib.contextmanager
-def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
+def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu, tls=None):
     """The command's cluster: started (or joined) before the work, closed after it, whatever happens.
 
     Only starting or reaching the cluster can raise ClusterError here (exit 3); errors of the
     work itself keep their own kind (a user error exits 1 under --scheduler too). While the
     command runs, distributed logs warnings and errors only (``-v`` shows its info lines).
+    ``tls`` is a certificates directory (default: the command's ``--tls``).
     """
+    if tls is None:
+        ctx = click.get_current_context(silent=True)
+        tls = ctx.meta.get("bigspec.tls") if ctx is not None else None
     import distributed  # noqa: F401  (configures its loggers on import: set their level after that)
 
     from .cluster import LostWorkerEcho, connect, interrupts_held_back, workers_born_ignoring_interrupts
@@ -69,7 +89,7 @@ def _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu):
         try:
             with workers_born_ignoring_interrupts() if owned and not gpu else contextlib.nullcontext():
                 client = connect(scheduler, scheduler_file, workers=workers, threads=threads,
-                                 memory_limit=memory_limit, gpu=gpu)
+                                 memory_limit=memory_limit, gpu=gpu, security=tls)
         except (BigspecError, ValueError, TypeError):
             raise
         except Exception as e:
@@ -163,8 +183,14 @@ def cli(verbose):
 @cli.command()
 @click.argument("store", metavar="[MATRIX]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(store, as_json):
-    """Show the version, configuration, machine, and (given MATRIX) what a store, .npy file or zarr array holds."""
+@click.option("--scheduler", metavar="ADDR", default=None,
+              help="Also report this running cluster: workers, threads, memory, GPUs, and any version mismatch "
+                   "between this client and the workers.")
+@click.option("--scheduler-file", type=click.Path(), default=None, help="As --scheduler, for the scheduler in this file.")
+@tls_option
+def info(store, as_json, scheduler, scheduler_file):
+    """Show the version, configuration, machine, (given MATRIX) what a store, .npy file or zarr array holds, and
+    (given --scheduler) the cluster."""
     import os
 
     import psutil
@@ -177,18 +203,86 @@ def info(store, as_json):
 
         found = _load(store, None, "r")          # a store, a memory-mapped .npy or a zarr array (not read)
         if isinstance(found, MatrixStore):
-            ms = found
-            out["store"] = {"url": ms.url, **ms.attrs, "tiles": sum(1 for _ in ms.stored_tiles()),
-                            "missing_tiles": len(ms.missing_tiles()), "factor": _factor_state(ms)}
+            out["store"] = _store_summary(found)
         else:
             chunks = getattr(found, "chunks", None)
             out["array"] = {"path": store, "kind": "zarr array" if chunks is not None else ".npy file",
                             "shape": list(found.shape), "dtype": str(found.dtype),
                             "chunks": list(chunks) if chunks is not None else None}
+    if scheduler or scheduler_file:
+        with _client(scheduler, scheduler_file, None, None, "auto", False) as client:
+            out["cluster"] = _cluster_report(client)
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(_format_info(out))
+
+
+def _store_summary(ms) -> dict:
+    """What ``bigspec info`` and ``bigspec status`` say of a store: its attributes, tiles written, factor state."""
+    return {"url": ms.url, **ms.attrs, "tiles": sum(1 for _ in ms.stored_tiles()),
+            "missing_tiles": len(ms.missing_tiles()), "factor": _factor_state(ms)}
+
+
+#: the packages whose versions must agree between the client and the workers
+_VERSIONED = ("bigspec", "dask", "distributed", "numpy", "zarr")
+
+
+def _gpu_count() -> int:
+    """GPUs a worker sees (run on each worker; 0 without NVML)."""
+    try:
+        from distributed.diagnostics import nvml
+
+        return int(nvml.device_get_count())
+    except Exception:
+        return 0
+
+
+def _cluster_report(client) -> dict:
+    """The cluster behind ``client``: each worker's threads, memory and GPUs, and version mismatches."""
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:
+        workers = client.scheduler_info()["workers"]
+    gpus = client.run(_gpu_count) if workers else {}
+    versions = client.get_versions(check=False, packages=["bigspec", "zarr"])
+    mine = versions["client"]["packages"]
+    rows = {addr: {"name": w.get("name"), "host": w.get("host"), "threads": w.get("nthreads"),
+                   "memory": w.get("memory_limit"), "gpus": gpus.get(addr, 0)} for addr, w in workers.items()}
+    mismatches = []
+    for who, info in [("scheduler", versions["scheduler"]), *versions["workers"].items()]:
+        theirs = (info or {}).get("packages", {})
+        for pkg in _VERSIONED:
+            if pkg in theirs and theirs.get(pkg) != mine.get(pkg):
+                mismatches.append({"package": pkg, "client": mine.get(pkg), "where": who, "version": theirs.get(pkg)})
+    limits = [w["memory"] for w in rows.values()]
+    return {"scheduler": client.scheduler.address, "n_workers": len(rows),
+            "threads": sum(w["threads"] or 0 for w in rows.values()),
+            "memory": sum(limits) if limits and all(limits) else None,
+            "gpus": sum(w["gpus"] for w in rows.values()), "workers": rows,
+            "versions": {pkg: mine.get(pkg) for pkg in _VERSIONED}, "mismatches": mismatches}
+
+
+def _cluster_rows(cl: dict | None) -> list:
+    """``bigspec info --scheduler`` as rows: the cluster, each worker, and the version check."""
+    from dask.utils import format_bytes
+
+    if not cl:
+        return []
+    mem = format_bytes(cl["memory"]) if cl["memory"] else "no limit"
+    rows = [("scheduler", cl["scheduler"]),
+            ("workers", f"{cl['n_workers']}: {cl['threads']} threads, {mem} memory, {cl['gpus']} GPUs")]
+    for addr, w in sorted(cl["workers"].items()):
+        rows.append(("  worker", f"{addr} ({w['name']}): {w['threads']} threads, "
+                                 f"{format_bytes(w['memory']) if w['memory'] else 'no memory limit'}, {w['gpus']} GPUs"))
+    if cl["mismatches"]:
+        for m in cl["mismatches"]:
+            rows.append(("MISMATCH", f"{m['package']} {m['version']} on {m['where']}, {m['client']} here: install the "
+                                     f"same versions everywhere"))
+    else:
+        rows.append(("versions", "the same on this client, the scheduler and every worker: "
+                                 + ", ".join(f"{k} {v}" for k, v in cl["versions"].items())))
+    return rows
 
 
 def _factor_state(ms) -> dict | None:
@@ -219,42 +313,51 @@ def _format_info(out: dict) -> str:
                   arr["shape"][0] == arr["shape"][1] else
                   "not a square matrix: as data points (n_samples, ...) it is what `bigspec form KERNEL "
                   f"{arr['path']} STORE` takes")]
-    st = out.get("store")
-    if st:
-        n, b, tiles, missing = st["n"], st["tile_size"], st["tiles"], st["missing_tiles"]
-        itemsize = 4 if st.get("dtype") == "float32" else 8
-        rows += [("store", st["url"]),
-                 ("matrix", f"{n} x {n} {st.get('dtype')}, "
-                            f"{'symmetric (lower tiles stored)' if st.get('symmetric') else 'not symmetric'}, "
-                            f"{format_bytes(n * n * itemsize)} in full"),
-                 ("tiles", f"{b} x {b}, {tiles} stored: "
-                           + ("complete" if not missing else
-                              f"{tiles - missing} written, {missing} missing (unfinished: form it again to resume)")),
-                 ("source", st.get("source"))]
-        kernel = st.get("kernel")
-        if kernel:
-            params = ", ".join(f"{k}={v}" for k, v in (kernel.get("params") or {}).items())
-            d = int(kernel.get("n_outputs", 1))
-            kron = (f"; the matrix is K (x) I_{d} ({n * d} x {n * d}), K stored" if kernel.get("kron_identity")
-                    and d > 1 else f"; {d} rows per data point" if d > 1 else "")
-            rows.append(("kernel", f"{kernel.get('name')}: {params}{kron}"))
-        perm = st.get("permutation")
-        if isinstance(perm, dict):
-            rows.append(("order", f"data shuffled with seed {perm.get('seed')}" if perm.get("shuffle", True)
-                         else "data order kept (shuffle=False)"))
-        f = st.get("factor")
-        if f:
-            state = ("complete" if f["complete"] else
-                     f"{f['columns_done']} of {f['n']} columns factored (unfinished: run the same "
-                     f"`bigspec logdet` again to resume)")
-            rows.append(("factor", f"{f['method']} ({f['settings']}): {state}"))
-        for name, r in (st.get("results") or {}).items():
-            value = (f"sign {r.get('sign')}, logabsdet {r.get('logabsdet')!r}" if "logabsdet" in r else
-                     f"size {r.get('size')}, trace {r.get('trace')!r}")
-            seconds = r.get("seconds")
-            rows.append((name, value + (f" ({seconds:.3g} s)" if isinstance(seconds, (int, float)) else "")))
+    rows += _store_rows(out.get("store")) + _cluster_rows(out.get("cluster"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _store_rows(st: dict | None) -> list:
+    """A store's summary (``_store_summary``) as rows of ``bigspec info`` / ``bigspec status``."""
+    from dask.utils import format_bytes
+
+    rows = []
+    if not st:
+        return rows
+    n, b, tiles, missing = st["n"], st["tile_size"], st["tiles"], st["missing_tiles"]
+    itemsize = 4 if st.get("dtype") == "float32" else 8
+    rows += [("store", st["url"]),
+             ("matrix", f"{n} x {n} {st.get('dtype')}, "
+                        f"{'symmetric (lower tiles stored)' if st.get('symmetric') else 'not symmetric'}, "
+                        f"{format_bytes(n * n * itemsize)} in full"),
+             ("tiles", f"{b} x {b}, {tiles} stored: "
+                       + ("complete" if not missing else
+                          f"{tiles - missing} written, {missing} missing (unfinished: form it again to resume)")),
+             ("source", st.get("source"))]
+    kernel = st.get("kernel")
+    if kernel:
+        params = ", ".join(f"{k}={v}" for k, v in (kernel.get("params") or {}).items())
+        d = int(kernel.get("n_outputs", 1))
+        kron = (f"; the matrix is K (x) I_{d} ({n * d} x {n * d}), K stored" if kernel.get("kron_identity")
+                and d > 1 else f"; {d} rows per data point" if d > 1 else "")
+        rows.append(("kernel", f"{kernel.get('name')}: {params}{kron}"))
+    perm = st.get("permutation")
+    if isinstance(perm, dict):
+        rows.append(("order", f"data shuffled with seed {perm.get('seed')}" if perm.get("shuffle", True)
+                     else "data order kept (shuffle=False)"))
+    f = st.get("factor")
+    if f:
+        state = ("complete" if f["complete"] else
+                 f"{f['columns_done']} of {f['n']} columns factored (unfinished: run the same "
+                 f"`bigspec logdet` again to resume)")
+        rows.append(("factor", f"{f['method']} ({f['settings']}): {state}"))
+    for name, r in (st.get("results") or {}).items():
+        value = (f"sign {r.get('sign')}, logabsdet {r.get('logabsdet')!r}" if "logabsdet" in r else
+                 f"size {r.get('size')}, trace {r.get('trace')!r}")
+        seconds = r.get("seconds")
+        rows.append((name, value + (f" ({seconds:.3g} s)" if isinstance(seconds, (int, float)) else "")))
+    return rows
 
 
 def _config():
@@ -324,6 +427,8 @@ class _LogdetCommand(click.Command):
 @click.option("--lanczos-steps", type=int, default=None, help="slq: Lanczos steps (default min(80, n)).")
 @click.option("--reorthogonalize", is_flag=True, default=None, help="slq: full reorthogonalization.")
 @click.option("--seed", type=int, default=None, help="Estimators: seed of the probes / subsets (default 0).")
+@click.option("--cross-check", type=click.Choice(["flodance", "slq", "spectrum"]), default=None,
+              help="Estimators: a second estimate by this method beside the first (a warning where they disagree).")
 @click.option("--pseudo-tol", type=float, default=None,
               help="flodance: pivots below this times max(diag) are dropped (pseudo-determinant).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -333,7 +438,8 @@ class _LogdetCommand(click.Command):
 @click.pass_context
 def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, scale, triangle, missing_chunks,
            checkpoint, overwrite, dry_run, sample_size, n_ladders, n_samples, probes, lanczos_steps, reorthogonalize,
-           seed, pseudo_tol, plot_path, as_json, scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
+           seed, cross_check, pseudo_tol, plot_path, as_json, scheduler, scheduler_file, workers, threads, memory_limit,
+           gpu, progress):
     """Log-determinant of MATRIX (a store, a .npy file or a zarr array): exact by tiled LDL^T / Cholesky (out of
     core), or estimated (--method flodance / slq / spectrum; flodance and spectrum also from --kernel and --data
     without forming the matrix)."""
@@ -377,7 +483,7 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
         check_tile_size(tile_size)
     source = as_matrix(store, triangle=triangle, missing_chunks=missing_chunks, mode="r+") if store else None
     kwargs = dict(method=method, shift=shift, scale=scale, device="gpu" if gpu else "cpu", progress=progress,
-                  triangle=triangle, missing_chunks=missing_chunks, **given)
+                  triangle=triangle, missing_chunks=missing_chunks, cross_check=cross_check, **given)
     if kernel is not None:
         kwargs.update(kernel=kernel, X=data, **kernel_params)
     if dry_run:
@@ -409,6 +515,10 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
         cost = res.cost
         click.echo(f"cost: {cost.get('entries', 0):.4g} matrix entries, {cost.get('flops', 0):.3g} flops, "
                    f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
+        check = res.diagnostics.get("cross_check")
+        if check:
+            click.echo(f"cross-check: {check['method']} logabsdet = {check['logabsdet']!r} in [{check['interval'][0]!r}, "
+                       f"{check['interval'][1]!r}]; the intervals {'overlap' if check['overlap'] else 'DO NOT overlap'}")
 
 
 @cli.command()
@@ -469,6 +579,158 @@ def spectrum(store, sample_size, n_samples, size, regime, shift, scale, seed, de
     for loc, mass in res.atoms:
         click.echo(f"atom at {loc:.4g} with mass {mass:.4f}")
     click.echo(f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
+
+
+@cli.command(name="run")
+@click.argument("job_file", metavar="JOB", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Validate the job and print its plan (tasks, flops, bytes, memory per "
+                                              "worker); compute and write nothing.")
+@click.option("--force", is_flag=True, help="Take over the store's lease from another writer (only when that job is "
+                                            "gone or stopped: two writers at once can corrupt the store).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (--dry-run) or the job's record as JSON.")
+@cluster_options
+@click.pass_context
+def run_(ctx, job_file, dry_run, force, as_json, **cluster):
+    """Run the job file JOB (YAML or TOML): form -> logdet -> spectrum on one store, recorded in the store.
+
+    The whole file is checked before anything starts. Cluster options given here override the job's
+    cluster section. `bigspec status STORE` shows the record afterwards.
+    """
+    from .jobs import load_job, plan_job, run_job
+
+    job = load_job(job_file)                     # the whole file, before a cluster starts
+    options, progress = _job_cluster(ctx, job, cluster)
+    with _client(**options) as client:
+        _wait_for_workers(client, options)
+        if dry_run:
+            plan = plan_job(job, client=client)
+        else:
+            record = run_job(job, client=client, progress=progress, force=force,
+                             device="gpu" if options.get("gpu") else "cpu",
+                             on_event=lambda line: click.echo(line, err=True))
+    if dry_run:
+        _emit(plan.to_dict() if as_json else plan.describe() + "\nnothing was computed (--dry-run)", as_json)
+        if plan.problems:
+            from .errors import MemoryBudgetError
+
+            raise MemoryBudgetError(f"{job.source}: the job cannot run as planned: " + "; ".join(plan.problems))
+        return
+    if as_json:
+        _emit(record, True)
+        return
+    for step, r in record["steps"].items():
+        res = r.get("result") or {}
+        if step == "logdet":
+            click.echo(f"logdet: sign = {res.get('sign')}, logabsdet = {res.get('logabsdet')!r} ({res.get('method')})")
+        elif step == "spectrum":
+            click.echo(f"spectrum: size = {res.get('size')}, support = {res.get('support')}, "
+                       f"trace = {res.get('trace')!r}")
+        else:
+            click.echo(f"form: {res.get('store')}, n = {res.get('n')}, tile_size = {res.get('tile_size')}, "
+                       f"{res.get('formed_tiles')} of {res.get('tiles')} tiles formed now")
+    click.echo(f"recorded in {job.store} (bigspec status {job.store})", err=True)
+
+
+#: seconds ``bigspec run`` waits for the first worker of a scheduler it joins (workers may still be starting)
+WORKER_WAIT = 120.0
+
+
+def _wait_for_workers(client, options: dict) -> None:
+    """A joined scheduler with no worker yet: wait for one (a cluster started together with its runner)."""
+    if client is None or not (options.get("scheduler") or options.get("scheduler_file")):
+        return
+    if client.scheduler_info().get("workers"):
+        return
+    import asyncio
+
+    from .errors import ClusterError
+
+    click.echo(f"waiting up to {WORKER_WAIT:.0f} s for a worker to join the scheduler", err=True)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT)
+    except (TimeoutError, asyncio.TimeoutError) as e:
+        raise ClusterError(f"no worker joined the scheduler {client.scheduler.address} within {WORKER_WAIT:.0f} s: "
+                           f"start workers (dask worker {client.scheduler.address}) and run the job again") from e
+
+
+def _job_cluster(ctx, job, cluster: dict) -> tuple[dict, bool | None]:
+    """The cluster of ``bigspec run``: the job's cluster section, overridden by options given on the command line.
+
+    Returns the keyword arguments of ``_client`` and the progress setting.
+    """
+    import inspect
+
+    from click.core import ParameterSource
+
+    given = {k for k in cluster if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
+                                                                     ParameterSource.ENVIRONMENT)}
+    merged = dict(cluster)
+    from_job = job.cluster_options()
+    joins = given & {"scheduler", "scheduler_file"}
+    for key, value in from_job.items():
+        if key in given or value is None:
+            continue
+        if joins and key in ("scheduler", "scheduler_file"):
+            continue                              # a scheduler named here replaces the job's choice
+        merged[key] = value
+    accepted = inspect.signature(_client).parameters
+    return {k: v for k, v in merged.items() if k in accepted}, merged.get("progress")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(store, as_json):
+    """What STORE holds and what was done with it: tiles formed, columns factored, each job's record, the lease."""
+    from .lease import read_lease
+    from .store import open_matrix
+
+    ms = open_matrix(store, mode="r")
+    summary = _store_summary(ms)
+    jobs = summary.pop("jobs", None) or []
+    holder = read_lease(store)
+    lease = None if holder is None else {**{k: v for k, v in holder.to_dict().items() if k != "token"},
+                                         "expired": holder.expired()}
+    if as_json:
+        click.echo(json.dumps({"store": summary, "lease": lease, "jobs": jobs}, indent=2, default=str))
+        return
+    rows = _store_rows(summary)
+    rows.append(("lease", "free" if holder is None else
+                 f"held by {holder.describe()}" + (f" (expired: {lease['expired']})" if lease["expired"] else "")))
+    for i, rec in enumerate(jobs, 1):
+        state = {"done": f"done at {rec.get('finished')}", "running": "running (or stopped without a word: see the "
+                                                                      "lease)",
+                 "failed": f"failed at {rec.get('finished')}: {rec.get('error')}",
+                 "interrupted": f"interrupted at {rec.get('finished')}: {rec.get('error')}"}.get(rec.get("status"),
+                                                                                              rec.get("status"))
+        rows.append((f"job {i}", f"{rec.get('file')} (id {rec.get('id')}), started {rec.get('started')}: {state}"))
+        rows.append(("  versions", ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items())))
+        for step, r in (rec.get("steps") or {}).items():
+            rows.append((f"  {step}", _step_text(step, r, summary)))
+    width = max(len(k) for k, _ in rows)
+    click.echo("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def _step_text(step: str, r: dict, summary: dict) -> str:
+    """One step of a job record in words; an unfinished one with the store's own progress."""
+    res = r.get("result")
+    if res is None:
+        if step == "form":
+            done = f"{summary['tiles'] - summary['missing_tiles']} of {summary['tiles']} tiles formed"
+        elif step == "logdet":
+            f = summary.get("factor")
+            done = (f"{f['columns_done']} of {f['n']} columns factored" if f else "no factor kept yet (in memory)")
+        else:
+            done = "a spectrum keeps nothing until it is done"
+        return f"started {r.get('started')}, not finished: {done}; run the job again to resume"
+    took = f" ({r['seconds']:.1f} s)" if isinstance(r.get("seconds"), (int, float)) else ""
+    if step == "form":
+        return f"{res.get('formed_tiles')} of {res.get('tiles')} tiles formed, n = {res.get('n')}{took}"
+    if step == "logdet":
+        interval = f", interval {res['interval']}" if res.get("interval") else ""
+        return f"{res.get('method')}: sign {res.get('sign')}, logabsdet {res.get('logabsdet')!r}{interval}{took}"
+    return (f"size {res.get('size')}, support {res.get('support')}, trace {res.get('trace')!r}, "
+            f"regime {(res.get('settings') or {}).get('regime')}{took}")
 
 
 def _check_plot_path(path, overwrite):
@@ -603,6 +865,38 @@ def demo(n_samples, ntk_samples, tile_size, workdir, as_json, scheduler, schedul
         click.echo(f"  relative difference: {r['rel_diff']:.2e}")
     if "empirical_ntk" not in out:
         click.echo("(install torch for the empirical-NTK part: pip install torch, or pip install '.[ntk]' in the bigspec checkout)")
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path(dir_okay=True, file_okay=False))
+@click.option("--host", "hosts", multiple=True, metavar="NAME",
+              help="Host name or IP the certificates also name (repeat); localhost, 127.0.0.1, scheduler and this "
+                   "machine are always named.")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates.")
+@click.option("--overwrite", is_flag=True, help="Replace the certificates already in DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+def certs(directory, hosts, days, overwrite, as_json):
+    """Write a CA and TLS certificates and keys for the scheduler, workers and client into DIR.
+
+    Start the cluster with them (dask scheduler --protocol tls --tls-ca-file DIR/ca.pem --tls-cert
+    DIR/scheduler.pem --tls-key DIR/scheduler-key.pem; dask worker tls://HOST:8786 with the worker's
+    files) and join it with --scheduler tls://HOST:8786 --tls DIR. Keep DIR/ca-key.pem off the cluster.
+    """
+    from .security import write_certificates
+
+    paths = write_certificates(directory, hosts=hosts, days=days, overwrite=overwrite)
+    if as_json:
+        _emit(paths, True)
+        return
+    click.echo(f"wrote a CA and certificates for the scheduler, workers and client to {directory} "
+               f"(valid {days} days):")
+    for key, path in paths.items():
+        click.echo(f"  {key:<14} {path}")
+    click.echo(f"scheduler: dask scheduler --protocol tls --tls-ca-file {paths['ca']} --tls-cert {paths['scheduler']} "
+               f"--tls-key {paths['scheduler-key']}")
+    click.echo(f"worker:    dask worker tls://HOST:8786 --tls-ca-file {paths['ca']} --tls-cert {paths['worker']} "
+               f"--tls-key {paths['worker-key']}")
+    click.echo(f"client:    bigspec run JOB --scheduler tls://HOST:8786 --tls {directory}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

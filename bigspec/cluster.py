@@ -179,12 +179,23 @@ def probe_scheduler(address: str, timeout: float | None = None, security=None) -
                            f"(distributed.comm.timeouts.connect); check the address and that "
                            f"`dask scheduler` runs there") from None
     except (OSError, ValueError, TypeError) as e:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}{_tls_hint(address, e)}") from None
     if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
         kind = identity.get("type") if isinstance(identity, dict) else None
         raise ClusterError(f"{address} is not a Dask scheduler" + (f" (it is a {kind})" if kind else "")
                            + "; give the scheduler's address (tcp://HOST:8786)")
     return identity
+
+
+def _tls_hint(address: str, error: BaseException) -> str:
+    """What to check when a connection failed in a way TLS explains."""
+    text = str(error).lower()
+    if address.startswith("tls://") and ("certificate" in text or "ssl" in text or "tls" in text):
+        return (" (the scheduler refused these certificates: give the directory `bigspec certs` wrote for this "
+                "cluster, whose CA signed the scheduler's and workers' certificates)")
+    if address.startswith("tcp://") and ("reset" in text or "closed" in text):
+        return " (a scheduler that speaks TLS resets plain connections: give its tls:// address and --tls DIR)"
+    return ""
 
 
 def _refused_at_once(address: str) -> None:
@@ -193,7 +204,7 @@ def _refused_at_once(address: str) -> None:
     import socket
     from urllib.parse import urlsplit
 
-    if not address.startswith("tcp://"):
+    if not address.startswith(("tcp://", "tls://")):
         return
     try:
         parts = urlsplit(address)
@@ -366,8 +377,12 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
         Workers in separate processes (default) or threads of this one.
     dashboard : bool
         Serve the dashboard of a new cluster on a free port.
-    security : distributed.Security, optional
-        TLS settings for a ``tls://`` scheduler.
+    security : distributed.Security, str or os.PathLike, optional
+        TLS: a ``Security``, or a directory written by ``bigspec certs`` (see
+        :func:`bigspec.security.tls_security`). Needed for a ``tls://`` scheduler, unless the
+        ``distributed.comm.tls.*`` config names the certificates
+        (``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``..._CLIENT__CERT``, ``..._CLIENT__KEY``).
+        Without a scheduler, the new local cluster speaks TLS with these certificates.
 
     Returns
     -------
@@ -379,7 +394,10 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
     ------
     ClusterError
         A missing or unreadable scheduler file, or a scheduler that does not answer within
-        ``distributed.comm.timeouts.connect``; never a silent wait.
+        ``distributed.comm.timeouts.connect``; never a silent wait. A ``tls://`` scheduler without
+        certificates, or one that refuses them (another CA), is a ClusterError that says so.
+    ArgumentError
+        ``security`` is a directory without the client's certificates.
     BackendUnavailableError
         ``gpu=True`` without dask-cuda and cupy.
     """
@@ -387,8 +405,10 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
 
     if scheduler and scheduler_file:
         raise ValueError("give scheduler= or scheduler_file=, not both")
+    security = _security(security)
     if scheduler or scheduler_file:
         address = scheduler or _scheduler_address(scheduler_file)
+        security = _security_for(address, security)
         timeout = connect_timeout()
         probe_scheduler(address, timeout, security)
         try:
@@ -410,9 +430,40 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, *,
     n_workers = workers or (cores if processes else 1)
     n_threads = threads or max(1, cores // n_workers)
     # LocalCluster quiets the "distributed" logger while it runs and restores it when closed
+    tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     return _start(lambda: LocalCluster(
         n_workers=n_workers, threads_per_worker=n_threads, processes=processes, memory_limit=memory_limit,
-        dashboard_address=":0" if dashboard else None, preload=[__name__] if processes else None))
+        dashboard_address=":0" if dashboard else None, preload=[__name__] if processes else None, **tls))
+
+
+def _security(security):
+    """``security`` as a ``distributed.Security``: a certificates directory is read with its files checked."""
+    if security is None or not isinstance(security, (str, os.PathLike)):
+        return security
+    from .security import tls_security
+
+    return tls_security(security)
+
+
+def _security_for(address: str, security):
+    """The security to reach ``address`` with: a ``tls://`` address needs certificates (given, or in the
+    ``distributed.comm.tls`` config), and certificates need a ``tls://`` address."""
+    tls = address.startswith("tls://")
+    if security is None and tls:
+        from distributed import Security
+
+        security = Security()                     # the distributed.comm.tls.* config, if any
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise ClusterError(
+                f"the Dask scheduler at {address} speaks TLS and no certificates were given: pass the directory "
+                f"`bigspec certs` wrote (--tls DIR on the command line, security=DIR in bigspec.connect), or set "
+                f"DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+                f"DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY")
+    elif security is not None and getattr(security, "require_encryption", False) and not tls:
+        raise ClusterError(f"TLS certificates were given but the scheduler address {address} is not a tls:// "
+                           f"address: a TLS scheduler listens at tls://HOST:8786 (give that), and a plain one takes "
+                           f"no certificates")
+    return security
 
 
 __all__ = ["connect", "current_client", "resolve_client", "resources", "probe_scheduler", "interrupts_held_back",

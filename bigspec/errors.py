@@ -203,3 +203,27 @@ class Interrupted(Worded, KeyboardInterrupt):
 
     A subclass of :class:`KeyboardInterrupt`, so ``except Exception`` does not swallow it.
     """
+
+
+class JobSpecError(BigspecError, ValueError):
+    """A job file (``bigspec run JOB``) that cannot run: a key that is not allowed, a value of the wrong
+    type or range, or a step that cannot work on the store; the message names the key's path
+    (``$.logdet.metod``) and what is allowed."""
+
+
+class StoreLeaseError(BigspecError, RuntimeError):
+    """Another writer holds the store's lease (one writer at a time); the message names the holder
+    (host, pid, since when) and the way out (``--force`` / ``force=True``)."""
+
+
+class StoreNotWritableError(BigspecError, PermissionError):
+    """The store's location cannot be written (permission denied, read-only, or too little free
+    space for what the job will write); raised before any work starts."""
+
+
+class LeaseWarning(BigspecWarning):
+    """A store's lease was taken over: from a holder that is gone (expired), or explicitly (``force``)."""
+
+
+class CertificatesExistError(BigspecError, FileExistsError):
+    """``bigspec certs DIR`` would replace TLS certificates already in DIR, and ``overwrite`` was not given."""

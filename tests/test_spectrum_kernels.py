@@ -282,3 +282,23 @@ def test_cli_spectrum_takes_the_kernel_regime_and_a_shift(tmp_path):
     direct = bigspec.spectrum(K[:1200, :1200], sample_size=300, n_samples=2, regime="kernel", shift=0.01,
                               progress=False)
     assert d["quantiles"]["0.5"] == pytest.approx(float(direct.quantiles(0.5)), rel=1e-12)
+
+
+def test_cli_logdet_cross_check(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bigspec.cli import cli
+
+    K, _ = _case("matern1.5")
+    path = str(tmp_path / "k.npy")
+    np.save(path, K[:1200, :1200] + 1e-3 * np.eye(1200))
+    exact = np.linalg.slogdet(K[:1200, :1200] + 1e-3 * np.eye(1200))[1]
+    r = CliRunner().invoke(cli, ["logdet", path, "--method", "spectrum", "--sample-size", "300", "--samples", "2",
+                                 "--cross-check", "flodance", "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    check = d["diagnostics"]["cross_check"]
+    assert check["method"] == "flodance" and check["interval"][0] <= exact <= check["interval"][1]
+    assert d["interval"][0] <= exact <= d["interval"][1] and check["overlap"] is True
