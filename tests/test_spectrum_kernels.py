@@ -68,6 +68,8 @@ def test_kernel_spectrum_against_eigvalsh(name, n_samples, q_tol):
     p = np.array([0.1, 0.25, 0.5, 0.75, 0.9])
     np.testing.assert_allclose(r.quantiles(p), np.quantile(exact, p), rtol=q_tol)
     assert r.trace == pytest.approx(exact.sum(), rel=0.01)
+    low, high = r.trace_interval
+    assert low <= exact.sum() <= high
     pp = (np.arange(n) + 0.5) / n
     w1 = float(np.mean(np.abs(np.log10(r.quantiles(pp)) - np.log10(np.quantile(exact, pp)))))
     assert w1 < 0.1
@@ -302,3 +304,63 @@ def test_cli_logdet_cross_check(tmp_path):
     check = d["diagnostics"]["cross_check"]
     assert check["method"] == "flodance" and check["interval"][0] <= exact <= check["interval"][1]
     assert d["interval"][0] <= exact <= d["interval"][1] and check["overlap"] is True
+
+
+@pytest.mark.parametrize("name", ["matern0.5", "matern1.5", "relu"])
+def test_sixteen_fold_decompression_meets_the_targets_or_warns(name):
+    """2 samples of 250 rows decompressed 16x: where no warning is issued the targets hold; where they
+    do not, the held-out error says so. The trace interval and most top-10 intervals cover either way."""
+    K, _ = _case(name)
+    n = len(K)
+    exact = np.linalg.eigvalsh(K)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = bigspec.spectrum(K, sample_size=n // 16, n_samples=2, progress=False)
+    warned = any(issubclass(w.category, DecompressionWarning) for w in caught)
+    pp = (np.arange(n) + 0.5) / n
+    w1 = float(np.mean(np.abs(np.log10(r.quantiles(pp)) - np.log10(np.quantile(exact, pp)))))
+    assert warned == (r.diagnostics["held_out_scaled"] > 0.1)
+    if not warned:
+        p = np.array([0.1, 0.25, 0.5, 0.75, 0.9])
+        np.testing.assert_allclose(r.quantiles(p), np.quantile(exact, p), rtol=0.20)
+        assert w1 < 0.1 and r.logdet()[1] == pytest.approx(np.sum(np.log(exact)), rel=0.03)
+    assert w1 / 2 <= r.diagnostics["held_out_scaled"] <= 2 * w1 + 0.03
+    low, high = r.trace_interval
+    assert low <= exact.sum() <= high
+    tops = r.diagnostics["top_eigenvalues"]
+    assert sum(lo <= e <= hi for (_, lo, hi), e in zip(tops, np.sort(exact)[::-1])) >= 7, tops
+
+
+def test_attention_kernel_and_rbf_without_nugget_are_flagged():
+    """Two spectra the kernel regime does not follow: the infinite-width attention kernel (8 eigenvalues
+    of order n, then a continuum that does not scale like an operator's; quantiles off by up to 45%
+    at 4x) and an RBF kernel without a nugget (numerically singular: most eigenvalues are rounding).
+    Both warn with a held-out error above 0.1 decades; the attention one is within 2x of the true
+    error; the trace, the top-10 eigenvalues (their intervals) and the singular log-determinant stay right."""
+    from bigspec.kernels import get_kernel
+
+    Xa = np.random.default_rng(0).standard_normal((N, 4, 8))
+    k = get_kernel("attention", n_draws=1024).bind(Xa)
+    xa = k.prepare(Xa)
+    perm = np.random.default_rng(1).permutation(N)
+    K = np.asarray(k(xa, xa, diagonal=True))[np.ix_(perm, perm)]
+    exact = np.linalg.eigvalsh(K)
+    with pytest.warns(DecompressionWarning, match=r"held-out error is 0\.\d+ decades"):
+        r = bigspec.spectrum(K, sample_size=N // 4, n_samples=2, progress=False)
+    pp = (np.arange(N) + 0.5) / N
+    w1 = float(np.mean(np.abs(np.log10(r.quantiles(pp)) - np.log10(np.quantile(exact, pp)))))
+    assert 0.1 < r.diagnostics["held_out_scaled"] and w1 / 2 <= r.diagnostics["held_out_scaled"] <= 2 * w1
+    assert r.trace == pytest.approx(exact.sum(), rel=0.01)
+    tops = r.diagnostics["top_eigenvalues"]
+    assert all(lo <= e <= hi for (_, lo, hi), e in zip(tops, np.sort(exact)[::-1]))
+
+    K = _kernel("rbf", np.random.default_rng(0).uniform(size=(N, 3)), lengthscale=0.3)[np.ix_(perm, perm)]
+    exact = np.sort(np.linalg.eigvalsh(K))[::-1]
+    with pytest.warns(DecompressionWarning, match=r"held-out error is \d\.\d+ decades"):
+        r = bigspec.spectrum(K, sample_size=N // 4, n_samples=2, progress=False)
+    assert r.diagnostics["held_out_scaled"] > 0.1 and r.trace == pytest.approx(exact.sum(), rel=1e-9)
+    np.testing.assert_allclose(r.top_eigenvalues(10), exact[:10], rtol=0.10)
+    assert exact[-1] < 1e-12 * exact[0]           # singular to rounding: no finite log-determinant to give
+    with pytest.warns(bigspec.EstimateWarning, match=r"the matrix is singular, log\|det\| = -inf; pass shift"):
+        est = bigspec.logdet(K, method="spectrum", sample_size=N // 4, n_samples=2, progress=False)
+    assert est.sign == 0 and est.logabsdet == -np.inf

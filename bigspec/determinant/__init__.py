@@ -201,14 +201,36 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         if cross_check == "slq" and A is None:
             raise ArgumentError(f"{arg('cross_check', 'slq')} needs the matrix A: SLQ reads all of it, and "
                                 f"{kw('kernel')} with {kw('X')} never forms it")
-    result = _estimate_or_exact(name, A, kernel, X, common, given, kernel_params)
+    # dispatched here, not in a helper: the estimators' warnings point at the caller of logdet
+    if name in EXACT_METHODS:
+        from .exact import exact_logdet
+
+        if A is None:
+            raise ArgumentTypeError("logdet() needs the matrix A (a store, a path or an array)")
+        given.setdefault("overwrite", False)
+        given.setdefault("dry_run", False)
+        return exact_logdet(A, method=name, **common, **given)
+    if name == "flodance":
+        from .flodance import flodance_logdet
+
+        result = flodance_logdet(A, kernel=kernel, X=X, **common, **given, **kernel_params)
+    elif name == "slq":
+        from .slq import slq_logdet
+
+        if A is None:
+            raise ArgumentTypeError("logdet(method='slq') needs the matrix A (a store, a path or an array)")
+        result = slq_logdet(A, **common, **given)
+    else:
+        from .spectral import spectral_logdet
+
+        result = spectral_logdet(A, kernel=kernel, X=X, **common, **given, **kernel_params)
     if cross_check is None:
         return result
     shared = {k: v for k, v in given.items() if k in METHOD_OPTIONS[cross_check] and k != "n_ladders"}
     if cross_check == "spectrum" and "sample_size" in shared:    # as many disjoint samples as fit, up to 4
         shared["n_samples"] = max(1, min(4, result.n // shared["sample_size"]))
-    return _attach_cross_check(result, cross_check,
-                               lambda: _estimate_or_exact(cross_check, A, kernel, X, common, shared, kernel_params))
+    return _attach_cross_check(result, cross_check, lambda: logdet(
+        A, method=cross_check, kernel=kernel, X=X, **common, **shared, **kernel_params))
 
 
 def _attach_cross_check(result, method: str, run):
@@ -230,33 +252,6 @@ def _attach_cross_check(result, method: str, run):
                  warnings=list(other.warnings))
     return dataclasses.replace(result, diagnostics={**result.diagnostics, "cross_check": check},
                                warnings=tuple(issued))
-
-
-def _estimate_or_exact(name, A, kernel, X, common, given, kernel_params):
-    """Run one method (options already checked)."""
-    from ..errors import ArgumentTypeError
-
-    if name in EXACT_METHODS:
-        from .exact import exact_logdet
-
-        if A is None:
-            raise ArgumentTypeError("logdet() needs the matrix A (a store, a path or an array)")
-        given.setdefault("overwrite", False)
-        given.setdefault("dry_run", False)
-        return exact_logdet(A, method=name, **common, **given)
-    if name == "flodance":
-        from .flodance import flodance_logdet
-
-        return flodance_logdet(A, kernel=kernel, X=X, **common, **given, **kernel_params)
-    if name == "slq":
-        from .slq import slq_logdet
-
-        if A is None:
-            raise ArgumentTypeError("logdet(method='slq') needs the matrix A (a store, a path or an array)")
-        return slq_logdet(A, **common, **given)
-    from .spectral import spectral_logdet
-
-    return spectral_logdet(A, kernel=kernel, X=X, **common, **given, **kernel_params)
 
 
 def check_options(method: str, given: dict) -> None:

@@ -8,6 +8,7 @@ never formed.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 
@@ -173,8 +174,34 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                               **decompress)
     import dataclasses
 
+    trace_se = trace_standard_error(eigs, nested, n * rows if size == n else None, sample_size * rows * n_samples)
+    scale_f = float(decompress["scale"]) if np.ndim(decompress["scale"]) == 0 else 1.0
     # sizes of the result count matrix rows; rows_per_sample turns them back into data points
-    return dataclasses.replace(res, kron_outputs=int(kron), settings={**res.settings, "rows_per_sample": int(rows)})
+    return dataclasses.replace(res, kron_outputs=int(kron), settings={**res.settings, "rows_per_sample": int(rows)},
+                               diagnostics={**res.diagnostics, "trace_se": None if trace_se is None else
+                                            float(kron * size * rows * abs(scale_f) * trace_se[0]),
+                                            "trace_dof": None if trace_se is None else trace_se[1]})
+
+
+def trace_standard_error(eigs, nested: bool, n_rows: int | None, sampled_rows: int) -> tuple[float, int] | None:
+    """(standard error of the mean diagonal entry, degrees of freedom) from the samples.
+
+    Rows are in random order, so the means of disjoint blocks are independent estimates of the
+    matrix's mean diagonal entry: the smallest nested sub-blocks of every sample (the kernel
+    regime's many small blocks), else the samples themselves. ``n_rows`` (the whole matrix,
+    when the result describes it) adds the finite-population correction. None with one block.
+    """
+    if nested:
+        m = min(set.intersection(*[set(d) for d in eigs]))
+        means = np.concatenate([np.asarray(d[m]).sum(axis=1) / m for d in eigs])
+    else:
+        means = np.array([float(np.mean(e)) for e in eigs])
+    if means.size < 2:
+        return None
+    se = float(np.std(means, ddof=1) / np.sqrt(means.size))
+    if n_rows:
+        se *= math.sqrt(max(1.0 - sampled_rows / n_rows, 0.0))
+    return se, int(means.size - 1)
 
 
 def check_counts(sample_size, n_samples) -> int:
