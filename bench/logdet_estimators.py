@@ -147,6 +147,8 @@ def main():
         print(markdown(json.load(open(args.table))["results"]))
         return
     rows, report = [], {}
+    # read once: the results file is rewritten after each matrix
+    carried = json.load(open(args.out))["results"] if args.carry_slq and pathlib.Path(args.out).exists() else {}
     for name, kernel, params, X, shift in cases(args.n):
         if args.only and name != args.only:
             continue
@@ -236,8 +238,7 @@ def main():
                           f"{100 * entry['flodance_seeds'][s]['detkit']['best_fixed_mean_abs']:.2f}%", flush=True)
         # SLQ: once at the full setting, and its coverage over seeds (or, with --carry-slq, the previous
         # run's SLQ and imate figures for this matrix, marked as carried: SLQ's code did not change)
-        previous = json.load(open(args.out))["results"].get(name, {}) if args.carry_slq and \
-            pathlib.Path(args.out).exists() else {}
+        previous = carried.get(name, {})
         if "slq" in previous:
             for key in ("slq", "slq_seed_coverage", "imate_slq"):
                 entry[key] = previous.get(key)
