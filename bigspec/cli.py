@@ -169,6 +169,9 @@ class BigspecGroup(click.Group):
             ctx.exit(EXIT_USER)
         finally:
             warnings.showwarning = show
+            from . import errors
+
+            errors.CLI_INTERFACE = "cli"        # `bigspec run` words its messages in job keys while it runs
 
 
 @click.group(name="bigspec", cls=BigspecGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -516,7 +519,9 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
         click.echo(f"cost: {cost.get('entries', 0):.4g} matrix entries, {cost.get('flops', 0):.3g} flops, "
                    f"{res.seconds:.2f} s" + (f"; plot: {plot_path}" if plot_path else ""), err=True)
         check = res.diagnostics.get("cross_check")
-        if check:
+        if check and "refused" in check:
+            click.echo(f"cross-check: {check['method']} refused (see its warning)")
+        elif check:
             click.echo(f"cross-check: {check['method']} logabsdet = {check['logabsdet']!r} in [{check['interval'][0]!r}, "
                        f"{check['interval'][1]!r}]; the intervals {'overlap' if check['overlap'] else 'DO NOT overlap'}")
 
@@ -596,8 +601,10 @@ def run_(ctx, job_file, dry_run, force, as_json, **cluster):
     The whole file is checked before anything starts. Cluster options given here override the job's
     cluster section. `bigspec status STORE` shows the record afterwards.
     """
+    from . import errors
     from .jobs import load_job, plan_job, run_job
 
+    errors.CLI_INTERFACE = "job"                 # fixes name the job file's keys (memory: 4GiB), not flags
     job = load_job(job_file)                     # the whole file, before a cluster starts
     options, progress = _job_cluster(ctx, job, cluster)
     with _client(**options) as client:
@@ -701,28 +708,34 @@ def status(store, as_json):
         state = {"done": f"done at {rec.get('finished')}", "running": "running (or stopped without a word: see the "
                                                                       "lease)",
                  "failed": f"failed at {rec.get('finished')}: {rec.get('error')}",
+                 "stopped": f"stopped: {rec.get('error')}",
                  "interrupted": f"interrupted at {rec.get('finished')}: {rec.get('error')}"}.get(rec.get("status"),
                                                                                               rec.get("status"))
         rows.append((f"job {i}", f"{rec.get('file')} (id {rec.get('id')}), started {rec.get('started')}: {state}"))
         rows.append(("  versions", ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items())))
         for step, r in (rec.get("steps") or {}).items():
-            rows.append((f"  {step}", _step_text(step, r, summary)))
+            rows.append((f"  {step}", _step_text(step, r, summary, rec.get("status"))))
     width = max(len(k) for k, _ in rows)
     click.echo("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 
 
-def _step_text(step: str, r: dict, summary: dict) -> str:
-    """One step of a job record in words; an unfinished one with the store's own progress."""
+def _step_text(step: str, r: dict, summary: dict, status: str | None = None) -> str:
+    """One step of a job record in words; an unfinished one with the store's progress now (which a later job
+    may have carried further)."""
     res = r.get("result")
     if res is None:
+        if status == "failed":
+            return f"started {r.get('started')}, failed (the job's error above)"
         if step == "form":
-            done = f"{summary['tiles'] - summary['missing_tiles']} of {summary['tiles']} tiles formed"
+            done = f"the store has {summary['tiles'] - summary['missing_tiles']} of {summary['tiles']} tiles formed"
         elif step == "logdet":
             f = summary.get("factor")
-            done = (f"{f['columns_done']} of {f['n']} columns factored" if f else "no factor kept yet (in memory)")
+            done = (f"the store's factor has {f['columns_done']} of {f['n']} columns" if f else
+                    "no factor kept yet (in memory)")
         else:
             done = "a spectrum keeps nothing until it is done"
-        return f"started {r.get('started')}, not finished: {done}; run the job again to resume"
+        again = "" if status == "done" else "; run the job again to resume"
+        return f"started {r.get('started')}, not finished: {done}{again}"
     took = f" ({r['seconds']:.1f} s)" if isinstance(r.get("seconds"), (int, float)) else ""
     if step == "form":
         return f"{res.get('formed_tiles')} of {res.get('tiles')} tiles formed, n = {res.get('n')}{took}"
@@ -737,6 +750,12 @@ def _check_plot_path(path, overwrite):
     """A --plot file is the user's: never replaced without --overwrite; its format must be one matplotlib writes."""
     import os
 
+    from .results import pyplot
+
+    try:
+        pyplot()                          # before any work, not after it
+    except ImportError as e:
+        raise click.UsageError(f"--plot {path}: {e}")
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"):
         raise click.BadParameter(f"{path!r} has no image extension; use .png, .svg or .pdf", param_hint="--plot")

@@ -72,8 +72,33 @@ def again(overwrite: bool = False) -> str:
     return opt("call it again", "run the same command again")
 
 
+#: keyword arguments that are also keys of a job file's sections (:mod:`bigspec.jobs` fills it)
+JOB_KEYS: set = set()
+#: how the command line words its messages: "cli", or "job" while ``bigspec run`` runs a job file
+CLI_INTERFACE = "cli"
+_SETTING = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
+
+
+def _job_spelling(python: str, cli: str) -> str:
+    """A job file's spelling of a keyword argument (``overwrite=True`` -> ``overwrite: true``), where the
+    job has that key; else the command line's (``--force`` is a flag of ``bigspec run``)."""
+    m = _SETTING.match(python)
+    name = m.group(1) if m else python
+    if name not in JOB_KEYS:
+        return cli
+    key = name.replace("_", "-")
+    if not m:
+        return key
+    value = m.group(2)
+    value = {"True": "true", "False": "false", "None": "null"}.get(value, value.strip("'\""))
+    return f"{key}: {value}" if value else f"{key}:"
+
+
 def render(text: str, interface: str = "python") -> str:
-    """A message with its :func:`opt` parts written for ``interface`` ("python" or "cli")."""
+    """A message with its :func:`opt` parts written for ``interface`` ("python", "cli", or "job":
+    a job file's keys where it has them, command-line flags elsewhere)."""
+    if interface == "job":
+        return _MARK.sub(lambda m: _job_spelling(m.group(1), m.group(2)), str(text))
     group = 2 if interface == "cli" else 1
     return _MARK.sub(lambda m: m.group(group), str(text))
 
@@ -81,7 +106,7 @@ def render(text: str, interface: str = "python") -> str:
 def cli_text(obj) -> str:
     """The command-line wording of an error or warning (its plain text when it has no other)."""
     template = getattr(obj, "template", None)
-    return render(template, "cli") if template is not None else str(obj)
+    return render(template, CLI_INTERFACE) if template is not None else str(obj)
 
 
 class Worded:

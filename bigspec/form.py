@@ -183,37 +183,41 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     meta = {"kernel": k.spec(), "permutation": {"seed": int(seed), "shuffle": bool(shuffle)},
             "data_sha1": digest, "n_samples": n_samples, "source": "form"}
 
-    ms = _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per,
-                         inputs=[X_origin])
-    tiles = sum(1 for _ in ms.stored_tiles())
-    todo = sorted(set(ms.stored_tiles()) - ms.written_tiles())
-    before = tiles - len(todo)
-    spt = b // per
-    bounds = [(i * spt, min((i + 1) * spt, n_samples)) for i in range(ms.n_tiles)]
-    max_tasks = int(config.get("max-graph-tasks", 100_000))
-    tok = uuid.uuid4().hex[:8]
-    kernel_key = f"bigspec-kernel-{tok}"  # one copy of the kernel (and a model's weights) per worker
+    from .lease import hold
 
-    def interrupted():
-        done = len(ms.written_tiles())     # tasks still running may add a few before the process ends
-        return (f"formed at least {done} of {tiles} tiles of {ms.url}, which are kept; {again(overwrite)} to form "
-                f"the others")
+    # one writer at a time: a job (`bigspec run`) or another process forming into this store refuses us
+    with hold(store, storage_options=storage_options, forceable=False, command=f"bigspec.form {k.name}"):
+        ms = _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per,
+                             inputs=[X_origin])
+        tiles = sum(1 for _ in ms.stored_tiles())
+        todo = sorted(set(ms.stored_tiles()) - ms.written_tiles())
+        before = tiles - len(todo)
+        spt = b // per
+        bounds = [(i * spt, min((i + 1) * spt, n_samples)) for i in range(ms.n_tiles)]
+        max_tasks = int(config.get("max-graph-tasks", 100_000))
+        tok = uuid.uuid4().hex[:8]
+        kernel_key = f"bigspec-kernel-{tok}"  # one copy of the kernel (and a model's weights) per worker
 
-    note = "resumed" if before else None
-    with Runner(client, progress=progress, label=f"bigspec form {k.name}", unit="tiles", total=tiles, done=before,
-                note=note, threads=threads, interrupted=interrupted) as runner:
-        if ms.local_path is not None:
-            require_visible(client, ms.local_path, f"the store {ms.url}",
-                            "form it on storage every worker mounts at the same path, or at a URL (s3://...)")
-        for start in range(0, len(todo), max_tasks):
-            batch = todo[start:start + max_tasks]
-            dsk = {(f"bigspec-form-{tok}", i, j): (form_tile, kernel_key, ms.group["data"], ms.matrix, i, j,
-                                                    bounds[i], bounds[j], dtype, device)
-                   for i, j in batch}
-            keys = list(dsk)
-            dsk[kernel_key] = k
-            runner.run(dsk, keys, ticks=keys)
-    ms.update_attrs(complete=True, formed_tiles=len(todo))
+        def interrupted():
+            done = len(ms.written_tiles())     # tasks still running may add a few before the process ends
+            return (f"formed at least {done} of {tiles} tiles of {ms.url}, which are kept; {again(overwrite)} to form "
+                    f"the others")
+
+        note = "resumed" if before else None
+        with Runner(client, progress=progress, label=f"bigspec form {k.name}", unit="tiles", total=tiles, done=before,
+                    note=note, threads=threads, interrupted=interrupted) as runner:
+            if ms.local_path is not None:
+                require_visible(client, ms.local_path, f"the store {ms.url}",
+                                "form it on storage every worker mounts at the same path, or at a URL (s3://...)")
+            for start in range(0, len(todo), max_tasks):
+                batch = todo[start:start + max_tasks]
+                dsk = {(f"bigspec-form-{tok}", i, j): (form_tile, kernel_key, ms.group["data"], ms.matrix, i, j,
+                                                        bounds[i], bounds[j], dtype, device)
+                       for i, j in batch}
+                keys = list(dsk)
+                dsk[kernel_key] = k
+                runner.run(dsk, keys, ticks=keys)
+        ms.update_attrs(complete=True, formed_tiles=len(todo))
     return ms
 
 

@@ -140,6 +140,17 @@ class ClusterSpec(_Section):
     memory_limit: str | int = "auto"
 
 
+def _register_job_keys() -> None:
+    """Tell the error messages which keyword arguments are job keys (they then read ``memory: 4GiB``)."""
+    from . import errors
+
+    for spec in (FormSpec, LogdetSpec, SpectrumSpec):
+        errors.JOB_KEYS.update(f.name for f in msgspec.structs.fields(spec))
+
+
+_register_job_keys()
+
+
 class JobSpec(_Section):
     """A job file: the store (required) and the optional steps and cluster."""
 
@@ -533,9 +544,22 @@ def _loopback(address: str) -> bool:
     if host in ("localhost", "", socket.gethostname()):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        if ipaddress.ip_address(host).is_loopback:
+            return True
     except ValueError:
-        return False
+        try:
+            host = socket.gethostbyname(host)
+        except OSError:
+            return False
+    return host in _own_addresses()      # a scheduler bound to this machine's own network address
+
+
+def _own_addresses() -> set:
+    """The IP addresses of this machine's network interfaces."""
+    import psutil
+
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family.name in ("AF_INET", "AF_INET6")}
 
 
 def _existing_ancestor(path: str) -> str:
@@ -671,6 +695,10 @@ def plan_job(job: Job, *, client=None) -> JobPlan:
         size = sp.sample_size or (min(job.n // sp.samples, 4096) if job.n else "auto")
         plan.steps.append({"step": "spectrum", "what": f"{sp.samples} sample(s) of {size} rows, regime {sp.regime}"
                                                        + (f", shift {sp.shift:g}" if sp.shift else "")})
+    try:
+        _check_writable(job)
+    except StoreNotWritableError as e:
+        plan.problems.append(str(e))
     plan.disk = _disk(job, b, plan.logdet_plan)
     if plan.disk and plan.disk["needed"] > plan.disk["free"]:
         plan.problems.append(f"the job writes about {format_bytes(plan.disk['needed'])} at {plan.disk['at']}, which "
@@ -728,7 +756,7 @@ def _logdet_plan(job: Job, client, b: int):
     budget = memory_budget(lg.memory, client, workers_memory)
     itemsize = np.dtype(job.spec.form.dtype).itemsize
     common = dict(max_tasks=config.get("max-graph-tasks", 100_000), storage_itemsize=itemsize, store_tiles=True,
-                  store_url=job.store)
+                  store_url=job.store, pure=client is not None)
     probe = make_plan(job.n, b, 8, lg.method, budget, threads, workers, **common)
     write = bool(lg.checkpoint) or not probe.in_memory
     return make_plan(job.n, b, 8, lg.method, budget, threads, workers, write_factor=write, **common)
@@ -784,6 +812,9 @@ def _check_writable(job: Job) -> None:
     if not os.path.isdir(at):
         raise StoreNotWritableError(f"cannot write the store {job.store}: {at} is a file, not a directory; choose "
                                     f"another store path", store=job.store, path=at)
+    if os.statvfs(at).f_flag & os.ST_RDONLY:
+        raise StoreNotWritableError(f"cannot write the store {job.store}: {at} is on a read-only file system; choose a "
+                                    f"location you can write", store=job.store, path=at)
     if not os.access(at, os.W_OK | os.X_OK):
         raise StoreNotWritableError(f"cannot write the store {job.store}: {at} is not writable (permission denied); "
                                     f"choose a location you can write", store=job.store, path=at)
@@ -817,8 +848,17 @@ def _save(job: Job, record: dict) -> None:
     if not is_store(job.store, job.storage_options):
         return                          # the form step has not created it yet
     ms = open_matrix(job.store, storage_options=job.storage_options)   # fresh: the verbs wrote attributes too
-    jobs = [r for r in ms.attrs.get("jobs", []) if r.get("id") != record["id"]]
+    jobs = [_ended(r, record) for r in ms.attrs.get("jobs", []) if r.get("id") != record["id"]]
     ms.update_attrs(jobs=[*jobs, _jsonable(record)])
+
+
+def _ended(old: dict, current: dict) -> dict:
+    """An earlier record still marked running while this job holds the lease: its process is gone (the lease
+    was free, expired or taken over), so it stopped where its steps say."""
+    if old.get("status") != "running":
+        return old
+    return {**old, "status": "stopped", "error": old.get("error") or (
+        f"stopped without a word: its process was gone when job {current['id']} took the store's lease")}
 
 
 def run_job(job: Job, *, client=None, progress=None, force: bool = False, device: str | None = None,

@@ -305,7 +305,7 @@ class Lease:
 
 
 def acquire(store, *, storage_options: dict | None = None, force: bool = False, ttl: float | None = None,
-            command: str | None = None) -> Lease:
+            command: str | None = None, forceable: bool = True) -> Lease:
     """Take ``store``'s lease, or raise :class:`~bigspec.errors.StoreLeaseError` naming its holder.
 
     Parameters
@@ -323,6 +323,9 @@ def acquire(store, *, storage_options: dict | None = None, force: bool = False, 
         120).
     command : str, optional
         What holds it, for the message a second writer gets (default: this process's argv).
+    forceable : bool
+        Whether the caller can pass ``force`` (``bigspec run`` can; the writing verbs cannot, so
+        their refusal says how the lease ends instead).
 
     Returns
     -------
@@ -361,11 +364,13 @@ def acquire(store, *, storage_options: dict | None = None, force: bool = False, 
         if why is None and current.host == mine.host and current.pid == mine.pid and current.token not in _tokens():
             why = "it was left by this process"
         if why is None and not force:
+            way_out = ("take the store over with " + opt("force=True", "--force") if forceable else
+                       f"its lease ends with its process, or {current.ttl:.0f} s after its last refresh, or "
+                       f"`bigspec run --force` takes it over")
             raise StoreLeaseError(
                 f"the store {place.store_url} is being written by another job: {current.describe()}; its lease is "
-                f"{place.url}. Wait for that job to finish; if it is gone or stopped, take the store over with "
-                + opt("force=True", "--force") + " (two writers at once can corrupt the store)",
-                store=place.store_url, holder=current.to_dict(), lease=place.url)
+                f"{place.url}. Wait for that job to finish; if it is gone or stopped, {way_out} (two writers at "
+                f"once can corrupt the store)", store=place.store_url, holder=current.to_dict(), lease=place.url)
         if place.remove_if(current.token):
             if place.create(mine):
                 lease = Lease(place, mine, taken_from=current)
@@ -392,7 +397,7 @@ def _tokens() -> set[str]:
 
 @contextlib.contextmanager
 def hold(store, *, storage_options: dict | None = None, force: bool = False, ttl: float | None = None,
-         command: str | None = None):
+         command: str | None = None, forceable: bool = True):
     """Hold ``store``'s lease for the ``with`` block (see :func:`acquire`); re-entrant in a process.
 
     A store given as a ``zarr.Group`` or ``MatrixStore`` of no path holds no lease (yields None).
@@ -416,7 +421,8 @@ def hold(store, *, storage_options: dict | None = None, force: bool = False, ttl
         if entry is not None:
             entry[1] += 1
     if entry is None:
-        lease = acquire(store, storage_options=storage_options, force=force, ttl=ttl, command=command)
+        lease = acquire(store, storage_options=storage_options, force=force, ttl=ttl, command=command,
+                        forceable=forceable)
         with _HELD_LOCK:
             entry = _HELD[place.key] = [lease, 1]
     try:

@@ -36,6 +36,15 @@ def _json_safe(value):
     return value
 
 
+def pyplot():
+    """``matplotlib.pyplot``, or an ImportError that names the extra to install."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'bigspec[plot]' (or matplotlib itself)") from e
+    return plt
+
+
 class ResultMixin:
     """Shared text/HTML/dict rendering of the frozen result dataclasses."""
 
@@ -163,7 +172,7 @@ class LogdetResult(ResultMixin):
 
     def plot(self, ax=None):
         """Plot the prefix log-determinants log|det A[:m, :m]| against m."""
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         if ax is None:  # constrained layout keeps the labels inside the figure however it is saved
             _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")

@@ -129,7 +129,7 @@ def test_example_files_are_one_job(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     a, b = load_job(EXAMPLES / "job.yaml"), load_job(EXAMPLES / "job.toml")
     assert a.spec == b.spec and a.to_dict() == b.to_dict()
-    assert a.steps == ["form", "logdet", "spectrum"] and a.n == 2000
+    assert a.steps == ["form", "logdet", "spectrum"] and a.n == 4000
 
 
 def test_dry_run_computes_nothing(tmp_path, monkeypatch):
@@ -187,9 +187,10 @@ def test_run_example_job_and_status(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["run", "job.yaml", "--workers", "1", "--threads", "2", "--no-progress"])
     assert r.exit_code == 0, r.output
     K = formed("example.zarr")
-    assert K.shape == (2000, 2000)
-    sign, ref = np.linalg.slogdet(K + 0.01 * np.eye(2000))
+    assert K.shape == (4000, 4000)
+    sign, ref = np.linalg.slogdet(K + 0.01 * np.eye(4000))
     assert f"logabsdet = {ref:.8f}"[:22] in r.output                  # printed, to 8 places or so
+    assert "warning" not in r.output                                  # the example runs where its methods hold
     r = CliRunner().invoke(cli, ["status", "example.zarr", "--json"])
     assert r.exit_code == 0, r.output
     st = json.loads(r.stdout)
@@ -199,9 +200,9 @@ def test_run_example_job_and_status(tmp_path, monkeypatch):
     assert rec["versions"]["bigspec"] == bigspec.__version__
     logdet = rec["steps"]["logdet"]["result"]
     assert logdet["sign"] == sign and logdet["logabsdet"] == pytest.approx(ref, rel=1e-12)
-    assert rec["steps"]["form"]["result"]["formed_tiles"] == 10
+    assert rec["steps"]["form"]["result"]["formed_tiles"] == 36
     spec = rec["steps"]["spectrum"]["result"]
-    assert spec["trace"] == pytest.approx(np.trace(K) + 0.01 * 2000, rel=1e-12)   # RBF: 1 + shift on the diagonal
+    assert spec["trace"] == pytest.approx(np.trace(K) + 0.01 * 4000, rel=1e-12)   # RBF: 1 + shift on the diagonal
     for step in rec["steps"].values():
         assert step["started"] <= step["finished"]
     assert st["store"]["missing_tiles"] == 0 and st["lease"] is None
@@ -217,7 +218,7 @@ def test_run_in_a_subprocess_toml_json(tmp_path):
     rec = json.loads(p.stdout)
     K = formed(tmp_path / "example.zarr")
     assert rec["steps"]["logdet"]["result"]["logabsdet"] == pytest.approx(
-        np.linalg.slogdet(K + 0.01 * np.eye(2000))[1], rel=1e-12)
+        np.linalg.slogdet(K + 0.01 * np.eye(4000))[1], rel=1e-12)
     assert "step 3/3: spectrum" in p.stderr
 
 
@@ -262,7 +263,8 @@ def test_failed_and_partial_jobs_show_in_status_and_resume(tmp_path, monkeypatch
     r = CliRunner().invoke(cli, ["status", "K.zarr"])
     assert r.exit_code == 0, r.output
     assert "failed at" in r.output and "logdet: worker fell over" in r.output
-    assert "3 written, 3 missing" in r.output and "started" in r.output and "not finished" in r.output
+    assert "3 written, 3 missing" in r.output and "logdet    started" in r.output
+    assert "failed (the job's error above)" in r.output and "run the job again" not in r.output
     st = json.loads(CliRunner().invoke(cli, ["status", "K.zarr", "--json"]).stdout)
     assert st["store"]["missing_tiles"] == 3 and st["jobs"][-1]["status"] == "failed"
     # run again: only the lost tiles are formed, and the answer is numpy's
@@ -391,3 +393,14 @@ def test_run_waits_for_a_worker_then_says_none_came(tmp_path, monkeypatch):
     assert r.exit_code == 3, r.output
     assert "no worker joined the scheduler" in r.output and "within 1 s" in r.output
     assert not (tmp_path / "example.zarr").exists()
+
+
+def test_a_scheduler_on_this_machines_own_address_is_local():
+    """The documented process setup binds the scheduler to the host's network address: not 'another machine'."""
+    import psutil
+
+    from bigspec.jobs import _loopback
+
+    own = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family.name == "AF_INET"]
+    assert all(_loopback(f"tcp://{ip}:8786") for ip in own)
+    assert _loopback("tls://localhost:8786") and not _loopback("tcp://203.0.113.7:8786")   # TEST-NET-3: never ours

@@ -126,3 +126,22 @@ def test_unwritable_location(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(StoreNotWritableError, match="cannot write the store"):
         acquire(str(tmp_path / "afile" / "K.zarr"))
+
+
+def test_the_writing_verbs_take_the_lease(tmp_path, live_pid):
+    """bigspec.form (and the exact logdet, which writes the factor) refuse a store a live job holds; their
+    message says how the lease ends (they take no force=); nothing is written."""
+    import numpy as np
+
+    import bigspec
+
+    store = str(tmp_path / "K.zarr")
+    plant(store, live_pid)
+    X = np.random.default_rng(0).uniform(size=(60, 2))
+    with pytest.raises(StoreLeaseError, match=r"its lease ends with its process, or 120 s after its last refresh, "
+                                              r"or `bigspec run --force` takes it over") as e:
+        bigspec.form("rbf", X, store, tile_size=20, progress=False)
+    assert "force=True" not in str(e.value) and not os.path.exists(store)
+    os.remove(f"{store}.lease")
+    ms = bigspec.form("rbf", X, store, tile_size=20, progress=False)         # free: formed, lease given back
+    assert read_lease(store) is None and ms.n == 60

@@ -174,6 +174,14 @@ def test_a_cross_check_that_disagrees_warns_with_both_intervals():
         r = _attach_cross_check(one, "flodance", lambda: dataclasses.replace(other, interval=(-95.0, -55.0)))
     assert r.diagnostics["cross_check"]["overlap"] is True and not r.warnings
 
+    def refuse():
+        raise bigspec.EstimateError("the ladder is not in a scaling regime")
+
+    with pytest.warns(bigspec.EstimateWarning, match=r"the cross-check by method='flodance' refused: the ladder"):
+        r = _attach_cross_check(one, "flodance", refuse)
+    assert r.logabsdet == one.logabsdet and r.diagnostics["cross_check"] == {
+        "method": "flodance", "refused": "the ladder is not in a scaling regime"}
+
 
 def test_cross_check_arguments_are_checked():
     K = np.eye(50)

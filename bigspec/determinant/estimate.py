@@ -124,7 +124,9 @@ class EstimateResult(ResultMixin):
         SLQ: the per-probe estimates and their mean; spectrum: the decompressed density's
         log-determinant integrand. Returns the matplotlib Axes.
         """
-        import matplotlib.pyplot as plt
+        from ..results import pyplot
+
+        plt = pyplot()
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")

@@ -163,9 +163,11 @@ class SpectrumResult(ResultMixin):
 
     @property
     def trace_interval(self) -> tuple[float, float] | None:
-        """A 95% interval of the trace (Student t over the means of disjoint sampled blocks, with the
-        finite-population correction), or None from a single block. The trace estimate is a sample
-        mean: 500 of 4000 rows of a ReLU NTK on Gaussian data put it 2.8% off, inside this interval."""
+        """A 95% interval of the trace (Student t over the means of disjoint sampled blocks: the
+        kernel regime's smallest nested sub-blocks, else the samples; with the finite-population
+        correction, so samples that hold every row give a zero-width interval). None where there
+        is a single block. The trace estimate is a sample mean: 500 of 4000 rows of a ReLU NTK on
+        Gaussian data put it 2.8% off, inside this interval."""
         se, dof = self.diagnostics.get("trace_se"), self.diagnostics.get("trace_dof")
         if se is None or not dof:
             return None
@@ -273,7 +275,9 @@ class SpectrumResult(ResultMixin):
         ``log=True`` draws both as densities of log10(x) (for positive spectra spanning many
         decades, as kernel and NTK spectra do); atoms are marked with their mass.
         """
-        import matplotlib.pyplot as plt
+        from ..results import pyplot
+
+        plt = pyplot()
 
         if ax is None:  # constrained layout keeps the labels inside the figure however it is saved
             _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
