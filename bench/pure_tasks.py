@@ -2,7 +2,7 @@
 
 On a distributed cluster Dask runs a task again, from the inputs it still holds, when the
 worker holding its result dies, so bigspec's tasks must not change their inputs there
-(``exact.panel_graph(..., pure=True)``); on the threaded scheduler they update tiles in place.
+(``graph.panel_graph(..., pure=True)``); on the threaded scheduler they update tiles in place.
 This times the out-of-core factorization (budget 1/4 of the matrix) on an in-process
 ``LocalCluster`` (1 worker, 2 threads) both ways, alternating, on the Matérn matrices of
 ``bench/logdet_exact.py``, and prints the ratio pure / in place (medians of ``--repeat`` runs).
@@ -37,9 +37,9 @@ def main(argv=None):
     from distributed import Client, LocalCluster
 
     import bigspec
-    import bigspec.determinant.exact as exact
+    import bigspec.determinant.tasks as tasks
 
-    copy_own = exact._own
+    copy_own = tasks._own
     with tempfile.TemporaryDirectory(prefix="bigspec-pure-") as work:
         full = os.path.join(work, "full.zarr")
         le.write_full_matrix(args.n, full, args.tile)
@@ -53,13 +53,13 @@ def main(argv=None):
                 values = set()
                 for _ in range(args.repeat):
                     for mode in times:
-                        exact._own = copy_own if mode == "pure" else (lambda T, pure: T)
+                        tasks._own = copy_own if mode == "pure" else (lambda T, pure: T)
                         t0 = time.perf_counter()
                         r = bigspec.logdet(ms, method=method, memory=budget, checkpoint=False, client=client,
                                            progress=False)
                         times[mode].append(time.perf_counter() - t0)
                         values.add(r.logabsdet)
-                exact._own = copy_own
+                tasks._own = copy_own
                 pure, inplace = (statistics.median(times[m]) for m in ("pure", "in place"))
                 print(f"{method:8s} n={args.n} tile={args.tile} budget 1/4: pure {pure:.2f} s, in place {inplace:.2f} s, "
                       f"ratio {pure / inplace:.2f} (same value: {len(values) == 1})", flush=True)

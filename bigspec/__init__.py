@@ -22,6 +22,8 @@ from .errors import (
     ClusterError,
     EstimateError,
     EstimateWarning,
+    CertificatesExistError,
+    CorruptFactorError,
     GrowthWarning,
     IncompleteStoreError,
     Interrupted,
@@ -44,7 +46,7 @@ from .errors import (
 )
 
 from .form import form  # noqa: E402  light: zarr and dask load on first call
-from .determinant import logdet, slogdet  # noqa: E402  light: the heavy modules load on first call
+from .determinant import logdet, plan_logdet, slogdet  # noqa: E402  light: the heavy modules load on first call
 from .spectra import DecompressionWarning, InvalidSpectrumError, free_decompress, spectrum  # noqa: E402
 
 # The verbs are functions and their implementations live in packages of other names
@@ -64,10 +66,10 @@ _lazy = {
     "SpectrumResult": "bigspec.spectra.result",
 }
 
-__all__ = sorted([*_lazy, "form", "logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",
+__all__ = sorted([*_lazy, "form", "logdet", "plan_logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",
                   "BigspecError", "ArgumentError", "ArgumentTypeError", "BigspecWarning", "ClusterError", "EstimateError", "EstimateWarning",
                   "Interrupted", "JobSpecError", "KernelError", "WorkerLostWarning", "DecompressionWarning", "GrowthWarning", "IncompleteStoreError",
-                  "InvalidMatrixError", "InvalidSpectrumError", "MemoryBudgetError", "NonFiniteError",
+                  "InvalidMatrixError", "InvalidSpectrumError", "CertificatesExistError", "CorruptFactorError", "MemoryBudgetError", "NonFiniteError",
                   "NotPositiveDefiniteError", "OverwriteWarning", "SingularMatrixWarning", "StoreExistsError", "StoreLeaseError",
                   "StoreNotFoundError", "StoreNotWritableError", "LeaseWarning", "TileSizeError", "UnstableFactorizationError", "__version__"])
 

@@ -182,6 +182,10 @@ class UnstableFactorizationError(BigspecError, np.linalg.LinAlgError):
     """LDL^T needs symmetric pivoting across more columns than the memory budget lets one task hold."""
 
 
+class CorruptFactorError(BigspecError, np.linalg.LinAlgError):
+    """The factor's pivots are not numbers (two writers at once, or damaged tiles): no result is returned."""
+
+
 class ArgumentError(BigspecError, ValueError):
     """An argument has a value bigspec cannot use (``memory="lots"``, ``scale=0``)."""
 

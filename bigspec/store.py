@@ -19,18 +19,36 @@ True
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import zarr
 
 from . import config
-from .errors import IncompleteStoreError, NonFiniteError, StoreNotFoundError, TileSizeError, arg, opt
+from .errors import (
+    IncompleteStoreError,
+    NonFiniteError,
+    StoreExistsError,
+    StoreNotFoundError,
+    TileSizeError,
+    arg,
+    opt,
+)
 from .matrix import check_dtype  # noqa: F401  (re-exported: the storage dtype of a matrix)
-from .storage import ATTRS_KEY, describe, has_consolidated, initialized_chunks, is_store, local_path, open_group, \
-    refresh_consolidated
+from .storage import (
+    ATTRS_KEY,
+    describe,
+    has_consolidated,
+    initialized_chunks,
+    is_store,
+    local_path,
+    open_group,
+    refresh_consolidated,
+)
 
 SCHEMA_VERSION = 1
 # One LAPACK call must never see a block of 2**31 bytes or more (threaded OpenBLAS
@@ -38,6 +56,8 @@ SCHEMA_VERSION = 1
 # factored in float64 whatever the storage dtype, so the bound is on 8-byte entries.
 MAX_TILE_BYTES = 2**31 - 1
 COMPUTE_ITEMSIZE = 8
+
+logger = logging.getLogger(__name__)
 
 
 def check_tile_size(tile_size) -> int:
@@ -427,6 +447,107 @@ def create_matrix(group: zarr.Group, n: int, tile_size: int, dtype, symmetric: b
     meta.update(attrs or {})
     group.attrs[ATTRS_KEY] = meta
     return MatrixStore(group)
+
+
+# --------------------------------------------------------------------------- the factor's schema
+FACTOR_SCHEMA = 2
+FACTOR_DTYPE = np.dtype("float64")   # tiles are factored, and L kept, in float64 whatever the storage dtype
+
+
+class FactorStore:
+    """The ``factor/`` group of a matrix store (or of a temporary spill directory): the exact
+    factorization's checkpoint, written once per tile, so that a killed run resumes.
+
+    Arrays: ``L`` (n x n, float64, tiles of the matrix's, uncompressed: it is read back once per
+    later super-panel), ``log_d`` and ``sign_d`` (the determinant-preserving diagonal), and for
+    LDL^T ``D`` (2 x n: diagonal and subdiagonal) and ``perm`` (pivot order). Attributes under
+    ``"bigspec_factor"``: schema, n, tile_size, dtype, method, the scale/shift digest
+    (``params``), ``columns_done`` (tile columns), ``panels_done``, ``complete`` and the
+    factorization's diagnostics (``stats``). A factor made with other settings is kept unless
+    ``overwrite`` (StoreExistsError says what differs).
+    """
+
+    def __init__(self, group, n, b, method, digest, overwrite):
+        self.group = group
+        meta = dict(group.attrs.get("bigspec_factor", {}))
+        want = {"schema": FACTOR_SCHEMA, "n": n, "tile_size": b, "dtype": FACTOR_DTYPE.name,
+                "method": method, "params": digest}
+        differs = bool(meta) and any(meta.get(k) != v for k, v in want.items())
+        if differs and all(meta.get(k) == v for k, v in want.items() if k != "schema"):
+            logger.info("replacing a factorization of an older bigspec (factor schema %s)", meta.get("schema"))
+            overwrite = True   # bigspec's own cache in an outdated layout, same settings: recompute it
+        if differs and not meta.get("complete") and not int(meta.get("columns_done", 0)):
+            overwrite = True   # a factor with no column done holds nothing to lose (a failed first panel)
+        if differs and not overwrite:
+            names = {"method": "method", "params": "scale and shift", "tile_size": "tile_size", "n": "n",
+                     "dtype": "dtype", "schema": "factor layout"}
+            diff = "; ".join(f"{names[k]}: {_factor_setting(k, meta.get(k))} there, {_factor_setting(k, v)} now"
+                             for k, v in want.items() if meta.get(k) != v)
+            state = ("complete" if meta.get("complete") else
+                     f"{min(int(meta.get('columns_done', 0)) * b, n)} of {n} columns done")
+            raise StoreExistsError(
+                f"the store keeps one factorization in factor/, and it was made with other settings ({diff}); "
+                f"pass {arg('overwrite', True)} to replace it (it is {state}), or {arg('checkpoint', False)} to "
+                f"factor without keeping this one", existing=meta)
+        if not meta or overwrite or differs:
+            for name in list(group.keys()):
+                del group[name]
+            meta = dict(want, columns_done=0, complete=False)
+            # L is read back O(n / W) times: no compression, whose cost would dominate the reads
+            group.create_array("L", shape=(n, n), chunks=(b, b), dtype=FACTOR_DTYPE, fill_value=np.nan,
+                               dimension_names=("row", "col"), overwrite=True, compressors=None)
+            group.create_array("log_d", shape=(n,), chunks=(b,), dtype="float64", fill_value=np.nan,
+                               overwrite=True)
+            group.create_array("sign_d", shape=(n,), chunks=(b,), dtype="int8", fill_value=0, overwrite=True)
+            if method == "ldl":
+                group.create_array("D", shape=(2, n), chunks=(2, b), dtype="float64",
+                                   fill_value=np.nan, overwrite=True)
+                group.create_array("perm", shape=(n,), chunks=(b,), dtype="int64", fill_value=-1,
+                                   overwrite=True)
+            group.attrs["bigspec_factor"] = meta
+        self.meta = meta
+
+    @property
+    def columns_done(self) -> int:
+        return int(self.meta.get("columns_done", 0))
+
+    @property
+    def stats(self) -> dict:
+        """Diagnostics of the panels already factored (merged over every run)."""
+        return dict(self.meta.get("stats", {}))
+
+    def arrays(self) -> dict:
+        return {"L": self.group["L"], "D": self.group["D"] if "D" in self.group else None}
+
+    def save_columns(self, infos, k1, stats, complete, root=None):
+        for (r0, r1), info in infos:
+            self.group["log_d"][r0:r1] = info["log_d"]
+            self.group["sign_d"][r0:r1] = info["sign_d"]
+            if info["D"] is not None:
+                self.group["D"][:, r0:r1] = info["D"]
+                self.group["perm"][r0:r1] = info["perm"] + r0
+        self.meta = dict(self.meta, columns_done=k1, complete=complete, stats=stats,
+                         panels_done=int(self.meta.get("panels_done", 0)) + 1)
+        self.group.attrs["bigspec_factor"] = self.meta
+        if root is not None:
+            root.sync_metadata()
+
+    def load_d(self, stop) -> dict:
+        """log_d, sign_d and the leading-minor mask of the first ``stop`` pivots."""
+        from .determinant.tiles import leading_minors
+
+        out = {"log_d": np.asarray(self.group["log_d"][:stop]), "sign_d": np.asarray(self.group["sign_d"][:stop])}
+        if "perm" in self.group:
+            out["leading_minor"] = leading_minors(self.group["perm"][:stop], self.group["D"][:, :stop])
+        else:
+            out["leading_minor"] = np.ones(stop, bool)
+        return out
+
+
+def _factor_setting(key, value):
+    if key == "params" and isinstance(value, str):
+        return value.replace(";", ", ")
+    return f"{value}"
 
 
 def _compressors():

@@ -32,7 +32,7 @@ from distributed import Client, LocalCluster
 from test_resume import _budget          # the budget that gives a number of super-panels (tests/test_resume.py)
 
 import bigspec
-from bigspec.determinant import exact
+from bigspec.determinant import exact, tasks
 from bigspec.errors import WorkerLostWarning
 from bigspec.testing import assert_logdet_close, make_indefinite, make_spd
 
@@ -91,7 +91,7 @@ def test_a_worker_killed_inside_a_factorization(tmp_path, monkeypatch, two_worke
     path = str(tmp_path / "A.zarr")
     bigspec.from_array(A, path, tile_size=b)
     marker = str(tmp_path / "killed")
-    real = exact.write_L
+    real = tasks.write_L
     from_col = n // 2
 
     def write_L_then_die(L, array, r0, r1, c0, c1, *rest):
@@ -100,7 +100,7 @@ def test_a_worker_killed_inside_a_factorization(tmp_path, monkeypatch, two_worke
             _die_once(marker)        # the tile is written, the task never returns: Dask runs it again
         return out
 
-    monkeypatch.setattr(exact, "write_L", write_L_then_die)
+    monkeypatch.setattr(tasks, "write_L", write_L_then_die)
     pids = set(client.run(os.getpid).values())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -157,7 +157,7 @@ STALL = textwrap.dedent("""
     import os, sys, threading, time
     import numpy as np
     import bigspec
-    from bigspec.determinant import exact
+    from bigspec.determinant import exact, tasks
 
     where, marker, path = sys.argv[1], sys.argv[2], sys.argv[3]
     lock, seen = threading.Lock(), []
@@ -189,7 +189,7 @@ STALL = textwrap.dedent("""
         bigspec.form(Stalls(lengthscale=0.4), X, path, tile_size=100, progress=False)
     else:
         method, budget, stop_after = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-        done, real = [], exact.write_L
+        done, real = [], tasks.write_L
 
         def after_panel(k0, k1):
             done.append(k1)
@@ -203,7 +203,7 @@ STALL = textwrap.dedent("""
             return out
 
         exact._after_panel = after_panel
-        exact.write_L = write_L
+        tasks.write_L = write_L
         bigspec.logdet(path, method=method, memory=budget, checkpoint=True, progress=False)
     raise SystemExit("finished without stalling")
 """)

@@ -145,3 +145,35 @@ def test_the_writing_verbs_take_the_lease(tmp_path, live_pid):
     os.remove(f"{store}.lease")
     ms = bigspec.form("rbf", X, store, tile_size=20, progress=False)         # free: formed, lease given back
     assert read_lease(store) is None and ms.n == 60
+
+
+def test_the_exact_logdet_takes_the_lease_and_never_returns_nan(tmp_path, live_pid, monkeypatch):
+    """The exact logdet writes the factor into the store: a live job's store is refused; and pivots that are
+    not numbers (two writers once, damaged tiles) are an error, never a NaN result."""
+    import numpy as np
+
+    import bigspec
+    from bigspec.determinant import exact
+
+    X = np.random.default_rng(0).uniform(size=(60, 2))
+    store = str(tmp_path / "K.zarr")
+    bigspec.form("rbf", X, store, tile_size=20, progress=False)
+    plant(store, live_pid)
+    with pytest.raises(StoreLeaseError, match=r"being written by another job: .* its lease ends with its process"):
+        bigspec.logdet(store, method="cholesky", shift=1e-2, checkpoint=True, progress=False)
+    assert "factor" not in bigspec.open_matrix(store, mode="r").group
+    os.remove(f"{store}.lease")
+    real = exact._run
+
+    def nan_pivots(*args, **kwargs):
+        run = real(*args, **kwargs)
+        return {**run, "log_d": np.where(np.arange(run["log_d"].size) == 7, np.nan, run["log_d"])}
+
+    monkeypatch.setattr(exact, "_run", nan_pivots)
+    with pytest.raises(bigspec.CorruptFactorError, match=r"log\|det\| = nan: pivots that are not numbers"):
+        bigspec.logdet(store, method="cholesky", shift=1e-2, progress=False)
+    monkeypatch.setattr(exact, "_run", real)
+    r = bigspec.logdet(store, method="cholesky", shift=1e-2, progress=False, overwrite=True)
+    K = bigspec.open_matrix(store, mode="r").read(0, 60, 0, 60)
+    assert r.logabsdet == pytest.approx(np.linalg.slogdet(K + 1e-2 * np.eye(60))[1], rel=1e-12)
+    assert read_lease(store) is None

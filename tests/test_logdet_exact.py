@@ -239,7 +239,8 @@ def test_hypothesis_against_numpy(n, b, seed, dtype, spd):
 @pytest.mark.parametrize("write", [True, False])
 def test_plan_task_count_is_the_graph_size(method, write, tmp_path):
     """--dry-run's task count is the size of the graphs that run (pivoting inside each tile)."""
-    from bigspec.determinant.exact import _Factor, panel_graph
+    from bigspec.store import FactorStore as _Factor
+    from bigspec.determinant.graph import panel_graph
     from bigspec.determinant.plan import make_plan
 
     n, b = 230, 20
@@ -318,7 +319,8 @@ def test_pure_graphs_leave_every_task_input_as_it_was(method, group, tmp_path):
     """On a cluster Dask runs a task again, from the same inputs, when its worker dies: with
     pure=True no task changes an input (the threaded scheduler's graphs update tiles in place,
     and a lost worker once made a re-run apply an update twice: a wrong log-determinant)."""
-    from bigspec.determinant.exact import _Factor, panel_graph
+    from bigspec.store import FactorStore as _Factor
+    from bigspec.determinant.graph import panel_graph
     from bigspec.determinant.plan import make_plan
 
     n, b = 230, 20

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bigspec
-from bigspec.determinant import exact
+from bigspec.determinant import exact, tasks
 from bigspec.determinant.exact import local_threads
 from bigspec.determinant.plan import make_plan
 from bigspec.testing import assert_logdet_close, make_spd
@@ -51,14 +51,14 @@ def test_resume_after_interrupt_skips_finished_panels(tmp_path, monkeypatch, sto
     assert ms.group["factor"].attrs["bigspec_factor"]["columns_done"] == finished_columns
 
     written = []
-    real_write = exact.write_L
+    real_write = tasks.write_L
 
     def counting_write(L, array, r0, r1, c0, c1, *rest):
         written.append(c0 // b)
         return real_write(L, array, r0, r1, c0, c1, *rest)
 
     monkeypatch.setattr(exact, "_after_panel", lambda k0, k1: None)
-    monkeypatch.setattr(exact, "write_L", counting_write)
+    monkeypatch.setattr(tasks, "write_L", counting_write)
     r = bigspec.logdet(ms, method="cholesky", memory=budget)
     assert_logdet_close(r, A, rtol=1e-11)
     assert min(written) == finished_columns          # finished tile columns were not recomputed

@@ -9,8 +9,8 @@ METHODS = EXACT_METHODS + ESTIMATE_METHODS
 #: the options each method takes besides the common ones (shift, scale, client, device,
 #: progress, storage_options, triangle, missing_chunks)
 METHOD_OPTIONS = {
-    "ldl": ("memory", "tile_size", "checkpoint", "overwrite", "dry_run"),
-    "cholesky": ("memory", "tile_size", "checkpoint", "overwrite", "dry_run"),
+    "ldl": ("memory", "tile_size", "checkpoint", "overwrite", "dry_run", "plan"),
+    "cholesky": ("memory", "tile_size", "checkpoint", "overwrite", "dry_run", "plan"),
     "flodance": ("sample_size", "n_ladders", "seed", "memory", "tile_size", "pseudo_tol"),
     "slq": ("probes", "lanczos_steps", "seed", "reorthogonalize", "tile_size"),
     "spectrum": ("sample_size", "n_samples", "seed"),
@@ -23,7 +23,7 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
            client=None, checkpoint=None, overwrite=None, device="cpu", progress=None, dry_run=None,
            storage_options=None, triangle=None, missing_chunks="error", sample_size=None, n_ladders=None,
            seed=None, pseudo_tol=None, probes=None, lanczos_steps=None, reorthogonalize=None, n_samples=None,
-           cross_check=None, **kernel_params):
+           cross_check=None, plan=None, **kernel_params):
     """Log-determinant of ``scale * A + diag(shift)``: exact, or estimated from a fraction of the matrix.
 
     One verb for every method: the exact tiled factorizations (``"ldl"``, ``"cholesky"``) and
@@ -70,7 +70,12 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         Default: the current client, else Dask's threaded scheduler.
     checkpoint, overwrite, dry_run :
         Exact methods: keep the factor in ``<store>/factor`` to resume; replace one made with
-        other settings; return the :class:`~bigspec.determinant.plan.Plan` without computing.
+        other settings; return the :class:`~bigspec.determinant.plan.Plan` without computing
+        (the same as :func:`bigspec.plan_logdet`).
+    plan : Plan, optional
+        Exact methods: run this plan of :func:`bigspec.plan_logdet` (its method, tile size,
+        budget, threads and super-panel width); ``method``, ``tile_size`` and ``memory``
+        may be omitted, and must agree with it where given.
     device : {"cpu", "gpu"}
         ``"gpu"`` runs the tile kernels on cupy arrays.
     triangle : {None, "lower", "upper"}, default None
@@ -98,8 +103,9 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         Estimators: a second, independent estimate by this method on the same matrix (its
         own defaults, the same ``sample_size`` and ``seed`` where it takes them), reported in
         ``diagnostics["cross_check"]`` (method, sign, logabsdet, interval, seconds, whether
-        the two intervals overlap). Intervals that do not overlap mean one of the two is
-        wrong: an :class:`EstimateWarning` says so with both intervals.
+        the two intervals overlap; or ``refused`` with the second method's reason, also
+        warned). Intervals that do not overlap mean one of the two is wrong: an
+        :class:`EstimateWarning` says so with both intervals.
 
     Returns
     -------
@@ -170,6 +176,8 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         raise ArgumentTypeError(f"{arg('method')} must be a string, one of {', '.join(METHODS)}; got {method!r}")
     from ..errors import kw, opt
 
+    if method is None and plan is not None and hasattr(plan, "method"):
+        method = plan.method
     if method is None and (kernel is not None or X is not None):
         raise ArgumentError(f"{kw('kernel')} and {kw('X')} never form the matrix, so its log-determinant can only be "
                             f"estimated: choose {arg('method', 'flodance')} or {arg('method', 'spectrum')}")
@@ -178,7 +186,7 @@ def logdet(A=None, *, method=None, kernel=None, X=None, memory=None, tile_size=N
         raise ArgumentError(f"unknown {arg('method')} {method!r}; choose one of: {', '.join(METHODS)}")
     options = dict(memory=memory, tile_size=tile_size, checkpoint=checkpoint, overwrite=overwrite, dry_run=dry_run,
                    sample_size=sample_size, n_ladders=n_ladders, seed=seed, pseudo_tol=pseudo_tol, probes=probes,
-                   lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, n_samples=n_samples)
+                   lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, n_samples=n_samples, plan=plan)
     name = method or "ldl"
     check_options(name, {k: v for k, v in options.items() if v is not None})
     if (kernel is not None or X is not None or kernel_params) and name not in IMPALPABLE:
@@ -239,7 +247,24 @@ def _attach_cross_check(result, method: str, run):
 
     from .estimate import emit
 
-    other = run()
+    import warnings
+
+    from ..errors import EstimateError
+
+    refused = None
+    with warnings.catch_warnings(record=True) as caught:     # the second method's warnings, at the caller
+        warnings.simplefilter("always")
+        try:
+            other = run()
+        except EstimateError as e:                           # its refusal is a finding, not a failure of the first
+            refused = e
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=3)
+    if refused is not None:
+        issued = list(result.warnings)
+        emit(f"the cross-check by method={method!r} refused: {refused}", issued, stacklevel=4)
+        return dataclasses.replace(result, warnings=tuple(issued), diagnostics={
+            **result.diagnostics, "cross_check": dict(method=method, refused=str(refused))})
     overlap = bool(max(result.interval[0], other.interval[0]) <= min(result.interval[1], other.interval[1]))
     issued = list(result.warnings)
     if not overlap:
@@ -263,7 +288,7 @@ def check_options(method: str, given: dict) -> None:
     >>> check_options("ldl", {"probes": 8})
     Traceback (most recent call last):
     ...
-    bigspec.errors.ArgumentError: probes is an option of method='slq', not of method='ldl' (which takes memory, tile_size, checkpoint, overwrite, dry_run)
+    bigspec.errors.ArgumentError: probes is an option of method='slq', not of method='ldl' (which takes memory, tile_size, checkpoint, overwrite, dry_run, plan)
     """
     from ..errors import ArgumentError, arg, opt
 
@@ -290,4 +315,73 @@ def slogdet(A, **kwargs) -> tuple[int, float]:
     return r.sign, r.logabsdet
 
 
-__all__ = ["logdet", "slogdet"]
+def plan_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None, checkpoint=None,
+                overwrite=False, storage_options=None, triangle=None, missing_chunks="error"):
+    """Plan the exact log-determinant of ``scale * A + diag(shift)`` without computing it.
+
+    Planning is a verb of its own (as opt_einsum's ``contract_path`` is for ``contract``):
+    the returned :class:`~bigspec.determinant.plan.Plan` says what
+    :func:`bigspec.logdet` would do under this memory budget (super-panels and their width,
+    tasks, flops, bytes read and written, re-reads of earlier factor columns, peak memory
+    per worker), and ``bigspec.logdet(A, plan=plan)`` runs exactly that plan. Its counts
+    come from the task graphs themselves, built without data. Nothing is computed, copied
+    or written. ``logdet(..., dry_run=True)`` and ``bigspec logdet --dry-run`` return and
+    print the same plan.
+
+    Parameters
+    ----------
+    A : MatrixStore, str, os.PathLike, zarr.Group, or numpy / dask / zarr array
+        The matrix, as for :func:`bigspec.logdet`.
+    method : {"ldl", "cholesky"}, default bigspec.method ("ldl")
+        The factorization.
+    memory : "auto" or size like "16GiB" or int, default "auto"
+        The working-set budget across all workers (``"auto"``: ``bigspec.memory-fraction``
+        of the workers' memory).
+    tile_size : int, optional
+        The tile edge for array inputs; for a store it must match the store's tiles.
+    shift, scale : float or (n,) array, float, default 0.0 and 1.0
+        Plan for ``scale * A + diag(shift)`` (a resumable factor must match them).
+    client : distributed.Client, optional
+        Plan for this cluster's workers; default: the current client, else the threaded
+        scheduler on this machine.
+    checkpoint, overwrite : bool, optional
+        As for :func:`bigspec.logdet`: keep the factor in the store (the plan then resumes
+        after the columns a previous run kept), or plan to factor again from the start.
+    storage_options, triangle, missing_chunks :
+        As for :func:`bigspec.logdet`.
+
+    Returns
+    -------
+    Plan
+        Its ``repr`` is the report; ``summary()`` the numbers as a dict (what
+        ``--dry-run --json`` prints).
+
+    Raises
+    ------
+    MemoryBudgetError
+        The budget cannot hold one tile column (the message gives the minimum).
+    ArgumentError, TileSizeError
+        An unknown method, or a tile size that does not match the store's.
+
+    Examples
+    --------
+    >>> import bigspec
+    >>> from bigspec.testing import make_spd
+    >>> plan = bigspec.plan_logdet(make_spd(300), method="cholesky", tile_size=50, memory="400KiB")
+    >>> plan.n_panels > 1, plan.summary()["peak_memory"] <= plan.budget
+    (True, True)
+    >>> print(plan)                                                  # doctest: +ELLIPSIS
+    exact logdet plan: n=300, tile_size=50, method=cholesky
+      super-panels: ...
+    >>> r = bigspec.logdet(make_spd(300), plan=plan)
+    >>> r.tasks == plan.summary()["tasks"]
+    True
+    """
+    from .exact import plan_logdet as plan_exact
+
+    return plan_exact(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale, client=client,
+                      checkpoint=checkpoint, overwrite=overwrite, storage_options=storage_options, triangle=triangle,
+                      missing_chunks=missing_chunks)
+
+
+__all__ = ["logdet", "plan_logdet", "slogdet"]

@@ -16,6 +16,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dask.utils import format_bytes
 
@@ -43,6 +44,8 @@ class Plan:
     panels: tuple = field(default=())   # (first tile col, stop tile col) per panel to run
     write_factor: bool = True
     storage_itemsize: int = 8           # bytes per stored entry (tiles are factored in float64)
+    pure: bool = False                  # tasks copy what they update (a distributed cluster may rerun them)
+    max_tasks: int = 100_000            # bigspec.max-graph-tasks when planned
 
     @property
     def n_tiles(self) -> int:
@@ -62,56 +65,55 @@ class Plan:
 
     def panel_memory(self, k0: int, k1: int) -> int:
         return _panel_memory(self.n, self.tile_size, self.itemsize, self.threads, k0, k1,
-                             self.row_chunks(k0, k1), self.method == "ldl")
+                             self.row_chunks(k0, k1), self.method == "ldl", self.workers, self.pure)
 
     def panel_tasks(self, k0: int, k1: int) -> int:
-        """Tasks of one super-panel's graph (pivoting inside each tile; tests check it against the graph)."""
-        nt = self.n_tiles
-        ldl = self.method == "ldl"
-        tasks = 0
-        for k in range(k0, k1):
-            tasks += 3 + (nt - k - 1)                # factor, info, L; solves below
-            tasks += (nt - k) * (ldl + 1)            # growth stats (LDL^T); write (or in memory max|L|)
-            for j in range(k + 1, k1):
-                tasks += (nt - j) + ldl              # updates of column j, one D-scaled tile
-        reads = sum(nt - k for k in range(k0, k1))
-        if k0 > 0:
-            chunks = self.row_chunks(k0, k1)
-            tasks += chunks + reads + ldl * chunks   # updates, getitems, max|A| of each row block
-        else:
-            tasks += reads * (1 + 2 * ldl)           # reads (LDL^T: and their tile, max|A| getitems)
-        return tasks + ldl                           # the growth check
+        """Tasks of one super-panel's graph (pivoting inside each tile), counted in the graph itself."""
+        return self.panel_costs[self.panels.index((k0, k1))].tasks if (k0, k1) in self.panels else \
+            _panel_cost(self, k0, k1).tasks
+
+    @cached_property
+    def panel_costs(self) -> tuple:
+        """The :class:`~bigspec.determinant.graph.Cost` of each panel's graph, built without data."""
+        return tuple(_panel_cost(self, k0, k1) for k0, k1 in self.panels)
+
+    @property
+    def panel_width(self) -> int:
+        """Columns of a super-panel (W)."""
+        return min(self.panel_tiles * self.tile_size, self.n)
+
+    @cached_property
+    def reread_bound(self) -> float:
+        """Bytes of earlier L columns a left-looking schedule of this panel width must read back, n^3 / (6 W)."""
+        n, W = self.n - self.start_column * self.tile_size, self.panel_width
+        return 0.0 if self.in_memory or n <= 0 else self.itemsize * self.n ** 3 / (6.0 * W)
 
     def summary(self) -> dict:
-        """Tasks, flops, bytes moved and peak memory, for ``--dry-run``."""
-        b, n, nt, s = self.tile_size, self.n, self.n_tiles, self.itemsize
-        sizes = _tile_sizes(n, b)
-        starts = [sum(sizes[:i]) for i in range(nt)]
-        flops = 0.0
-        read_A = read_L = written = 0
-        for k0, k1 in self.panels:
-            c, W = starts[k0], sum(sizes[k0:k1])
-            rows = n - c
-            flops += 2.0 * rows * W * c                                   # left-looking GEMMs
-            flops += rows * W * W - 2.0 * W ** 3 / 3                      # in-panel factorization
-            read_A += (rows * W - W * (W - b) // 2) * self.storage_itemsize
-            if c:
-                chunks = self.row_chunks(k0, k1)
-                read_L += (rows * c + (chunks - 1) * W * c) * s
-            if self.write_factor:
-                written += (rows * W - W * (W - b) // 2) * s
+        """Tasks, flops, bytes moved and peak memory, for ``--dry-run`` (from the graphs themselves)."""
+        return dict(self._summary)
+
+    @cached_property
+    def _summary(self) -> dict:
+        from .graph import Cost
+
+        total = sum(self.panel_costs, Cost())
         peak = max((self.panel_memory(k0, k1) for k0, k1 in self.panels), default=0)
+        largest = max((c.tasks for c in self.panel_costs), default=0)
         return {
-            "n": n, "tile_size": b, "method": self.method, "tiles": nt,
-            "super_panels": self.n_panels, "panel_width": min(self.panel_tiles * b, n),
+            "n": self.n, "tile_size": self.tile_size, "method": self.method, "tiles": self.n_tiles,
+            "super_panels": self.n_panels, "panel_width": self.panel_width,
             "resume_from_column": self.start_column,
-            "tasks": sum(self.panel_tasks(*p) for p in self.panels),
-            "flops": flops, "bytes_read": read_A + read_L, "bytes_read_matrix": read_A,
-            "bytes_read_factor": read_L, "bytes_written": written,
+            "tasks": total.tasks, "largest_graph_tasks": largest,
+            "flops": total.flops, "bytes_read": total.read_matrix + total.read_factor,
+            "bytes_read_matrix": total.read_matrix, "bytes_read_factor": total.read_factor,
+            "reread_bound": self.reread_bound, "bytes_written": total.written,
             "budget": self.budget, "peak_memory": peak,
             "peak_memory_per_worker": peak // max(self.workers, 1),
             "workers": self.workers, "threads": self.threads,
         }
+
+    def __repr__(self) -> str:
+        return self.describe()
 
     def __str__(self) -> str:
         return self.describe()
@@ -127,33 +129,58 @@ class Plan:
             f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}",
             f"  super-panels: {s['super_panels']} of width {s['panel_width']}"
             + (f" (resuming at tile column {s['resume_from_column']})" if s["resume_from_column"] else ""),
-            f"  tasks: {s['tasks']}",
+            f"  tasks: {s['tasks']}" + (f" (the largest graph, {s['largest_graph_tasks']}, is above "
+                                       f"bigspec.max-graph-tasks = {self.max_tasks}: the whole matrix fits "
+                                       f"in memory, so it is one super-panel)"
+                                       if s["largest_graph_tasks"] > self.max_tasks else ""),
             f"  flops: {s['flops']:.3e}",
             f"  bytes read: {format_bytes(s['bytes_read'])} (matrix {format_bytes(s['bytes_read_matrix'])}, "
-            f"factor {format_bytes(s['bytes_read_factor'])}); written: {format_bytes(s['bytes_written'])}",
+            f"factor {format_bytes(s['bytes_read_factor'])}"
+            + (f", {s['bytes_read_factor'] / s['reread_bound']:.2f}x the left-looking n^3/(6W) "
+               f"{format_bytes(int(s['reread_bound']))}" if s["reread_bound"] else "")
+            + f"); written: {format_bytes(s['bytes_written'])}",
             f"  peak memory: {format_bytes(s['peak_memory'])} in all, "
             f"{format_bytes(s['peak_memory_per_worker'])} per worker ({s['workers']} workers, "
             f"{s['threads']} threads); budget {format_bytes(s['budget'])}",
         ])
 
 
-def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True) -> int:
+#: the shared "top" blocks (a panel's rows of one earlier tile column) each worker is planned to hold at
+#: once: the one its row blocks update with (the next one overlaps it only while the slowest block finishes)
+TOPS_IN_FLIGHT = 1
+
+
+def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True, workers=1, pure=False) -> int:
+    """Peak bytes of one super-panel: its tiles, each thread's workspace, the shared top blocks."""
     sizes = _tile_sizes(n, b)
     nt = len(sizes)
     W = sum(sizes[k0:k1])
     panel = sum(sizes[i] * sizes[k] for k in range(k0, k1) for i in range(k, nt))
     rows = sum(sizes[k0:])
-    work = b * b * 3                                   # a tile kernel's temporaries
-    if k0 > 0:
-        h = -(-rows // chunks)
-        work = max(work, _workspace(h, W, b, ldl))
+    work = threads * b * b * 3                         # in-panel phase: a tile kernel's temporaries per thread
+    if k0 > 0:                                         # left-looking phase: L rows per thread, shared tops
+        h = -(-rows // chunks)                         # rows of a row block (on average)
+        shared = TOPS_IN_FLIGHT * min(max(workers, 1), chunks) * (2 if ldl else 1) * W * b
+        work = max(work, threads * _workspace(h, W, b, pure) + shared)
     ld_tiles = W * b if ldl else 0                     # D-scaled tiles of one column
-    return int((panel + threads * work + ld_tiles) * itemsize)
+    return int((panel + work + ld_tiles) * itemsize)
 
 
-def _workspace(h: int, W: int, b: int, ldl: bool) -> int:
-    """Entries one update task streams: L rows of its block, the top block, its D-scaled copy."""
-    return (h + (2 if ldl else 1) * W) * b
+def _workspace(h: int, W: int, b: int, pure: bool) -> int:
+    """Entries one left-looking update task holds besides the panel: its block's L rows of one
+    earlier column.
+
+    Not counted (as the in-panel tasks' tile copies are not): with ``pure`` (a distributed
+    cluster) each update step works on its own copy of its row block, so for the length of
+    one step a running task holds its block twice (up to ``h * W`` more entries per thread).
+    """
+    return h * b
+
+
+def _panel_cost(plan, k0, k1):
+    from .graph import panel_cost
+
+    return panel_cost(plan, k0, k1, plan.write_factor)
 
 
 MIN_SUGGESTED_TILE = 32  # smaller tiles would be dominated by per-task overhead
@@ -162,11 +189,17 @@ MIN_SUGGESTED_TILE = 32  # smaller tiles would be dominated by per-task overhead
 def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
               workers: int = 1, start_column: int = 0, write_factor: bool = True,
               max_tasks: int = 100_000, storage_itemsize: int | None = None, store_tiles: bool = True,
-              store_url: str | None = None) -> Plan:
-    """Choose the widest super-panel that fits ``budget`` bytes (and ``max_tasks`` per graph).
+              store_url: str | None = None, pure: bool = False) -> Plan:
+    """Choose the widest super-panel that fits ``budget`` bytes (and, out of core, ``max_tasks`` per graph).
+
+    The panel count follows the budget: when the whole lower triangle (and the tile kernels'
+    workspace) fits, the plan is one super-panel in memory, whatever its task count. Out of
+    core, the panel is narrowed until its graph has at most ``max_tasks`` tasks. Every
+    panel's planned peak memory is within ``budget``.
 
     ``store_tiles``: the tiles are a store's (fixed, at ``store_url``), so a MemoryBudgetError
     advises copying the store to smaller tiles; otherwise it advises ``tile_size=``.
+    ``pure``: the graphs run on a distributed cluster (tasks copy what they update).
     """
     b = tile_size
     nt = -(-n // b)
@@ -174,25 +207,25 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
     threads = max(int(threads), 1)
     ldl = method == "ldl"
 
+    def memory(k0, k1, tile=b, tiles=nt):
+        return _panel_memory(n, tile, itemsize, threads, k0, k1, _chunks(tiles, k0, k1, threads), ldl, workers, pure)
+
     def fits(w):
-        return all(_panel_memory(n, b, itemsize, threads, k0, min(k0 + w, nt),
-                                 _chunks(nt, k0, min(k0 + w, nt), threads), ldl) <= budget
-                   for k0 in _starts(start_column, nt, w)[:2])
+        # the first panel holds the most tiles; of the later ones (each reading earlier columns back) the
+        # first has the most rows below it
+        return all(memory(k0, min(k0 + w, nt)) <= budget for k0 in _starts(start_column, nt, w)[:2])
 
     w = nt
     if not fits(w):
         lo, hi = 1, nt
         if not fits(1):
-            need = _panel_memory(n, b, itemsize, threads, min(1, nt - 1), min(2, nt),
-                                 _chunks(nt, min(1, nt - 1), min(2, nt), threads), ldl)
-            need = max(need, _panel_memory(n, b, itemsize, threads, 0, 1, 1, ldl))
+            need = max(memory(min(1, nt - 1), min(2, nt)), memory(0, 1))
             smaller, hi = 0, b - 1            # the largest tile edge whose first column fits (memory grows with it)
             lo = MIN_SUGGESTED_TILE
             while lo <= hi:
                 mid = (lo + hi) // 2
-                if max(_panel_memory(n, mid, itemsize, threads, 0, 1, 1, ldl),
-                       _panel_memory(n, mid, itemsize, threads, 1, 2, _chunks(-(-n // mid), 1, 2, threads), ldl)
-                       if n > mid else 0) <= budget:
+                if max(memory(0, 1, mid, -(-n // mid)),
+                       memory(1, 2, mid, -(-n // mid)) if n > mid else 0) <= budget:
                     smaller, lo = mid, mid + 1
                 else:
                     hi = mid - 1
@@ -224,13 +257,40 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
                 hi = mid - 1
         w = lo
     si = itemsize if storage_itemsize is None else int(storage_itemsize)
-    plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor, si)
-    while w > 1 and max((plan.panel_tasks(k0, min(k0 + w, nt))
-                         for k0 in _starts(start_column, nt, w)[:1]), default=0) > max_tasks:
-        w = max(1, int(w * 0.8))
-        plan = Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, (), write_factor, si)
-    panels = tuple((k0, min(k0 + w, nt)) for k0 in _starts(start_column, nt, w))
-    return Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, panels, write_factor, si)
+
+    def plan_of(w, panels=()):
+        return Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, panels, write_factor, si,
+                    pure, max_tasks)
+
+    if w < nt:   # out of core: the widest panel whose graph has at most max_tasks tasks (estimated, then counted)
+        while w > 1 and _estimate_tasks(n, b, ldl, threads, start_column, min(start_column + w, nt)) > max_tasks:
+            w = max(1, int(w * 0.8))
+        while w > 1 and max(_panel_cost(plan_of(w), k0, min(k0 + w, nt)).tasks
+                            for k0 in _starts(start_column, nt, w)[:2]) > max_tasks:
+            w = max(1, int(w * 0.8))
+    while True:   # the plan never exceeds its own budget (the search checks the first two panels)
+        panels = tuple((k0, min(k0 + w, nt)) for k0 in _starts(start_column, nt, w))
+        plan = plan_of(w, panels)
+        if w == 1 or all(plan.panel_memory(k0, k1) <= budget for k0, k1 in panels):
+            return plan
+        w -= 1
+
+
+def _estimate_tasks(n, b, ldl, threads, k0, k1) -> int:
+    """About the tasks of one super-panel's graph (narrows a panel cheaply before it is counted exactly)."""
+    nt = -(-n // b)
+    tasks = 0
+    for k in range(k0, k1):
+        tasks += 3 + (nt - k - 1) + (nt - k) * (ldl + 1)
+        for j in range(k + 1, k1):
+            tasks += (nt - j) + ldl
+    reads = sum(nt - k for k in range(k0, k1))
+    if k0 > 0:
+        chunks = _chunks(nt, k0, k1, threads)
+        tasks += k0 + chunks * (k0 + 1 + ldl) + reads
+    else:
+        tasks += reads * (1 + 2 * ldl)
+    return tasks + ldl
 
 
 def _starts(start, nt, w):

@@ -33,7 +33,7 @@ from ..store import check_tile_size
 from ..validate import check_count, check_flag, check_seed
 from .estimate import EstimateResult, emit
 from ..validate import check_scale_shift, shift_summary
-from .exact import read_tile
+from .tasks import read_tile
 
 #: Lanczos steps when ``lanczos_steps`` is not given (at most n)
 DEFAULT_STEPS = 80
