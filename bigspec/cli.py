@@ -492,7 +492,7 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
     if dry_run:
         with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
             plan = run_logdet(source, client=client, **kwargs)
-        _emit(plan.summary() if as_json else plan.describe(), as_json)
+        _emit(plan.summary() if as_json else plan.describe("cli"), as_json)
         return
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         res = run_logdet(source, client=client, **kwargs)
@@ -616,7 +616,8 @@ def run_(ctx, job_file, dry_run, force, as_json, **cluster):
                              device="gpu" if options.get("gpu") else "cpu",
                              on_event=lambda line: click.echo(line, err=True))
     if dry_run:
-        _emit(plan.to_dict() if as_json else plan.describe() + "\nnothing was computed (--dry-run)", as_json)
+        _emit(plan.to_dict() if as_json else plan.describe(errors.CLI_INTERFACE) + "\nnothing was computed (--dry-run)",
+              as_json)
         if plan.problems:
             from .errors import MemoryBudgetError
 
@@ -726,15 +727,19 @@ def _step_text(step: str, r: dict, summary: dict, status: str | None = None) -> 
     if res is None:
         if status == "failed":
             return f"started {r.get('started')}, failed (the job's error above)"
+        complete = False
         if step == "form":
+            complete = summary["missing_tiles"] == 0
             done = f"the store has {summary['tiles'] - summary['missing_tiles']} of {summary['tiles']} tiles formed"
         elif step == "logdet":
             f = summary.get("factor")
+            complete = bool(f and f["columns_done"] >= f["n"])
             done = (f"the store's factor has {f['columns_done']} of {f['n']} columns" if f else
                     "no factor kept yet (in memory)")
         else:
             done = "a spectrum keeps nothing until it is done"
-        again = "" if status == "done" else "; run the job again to resume"
+        again = ("" if status == "done" else " (finished since, by a later run)" if complete
+                 else "; run the job again to resume")
         return f"started {r.get('started')}, not finished: {done}{again}"
     took = f" ({r['seconds']:.1f} s)" if isinstance(r.get("seconds"), (int, float)) else ""
     if step == "form":

@@ -596,7 +596,8 @@ class JobPlan:
                 "logdet_plan": self.logdet_plan.summary() if self.logdet_plan is not None else None,
                 "disk": self.disk, "lease": self.lease, "problems": self.problems, "notes": self.notes}
 
-    def describe(self) -> str:
+    def describe(self, interface: str = "python") -> str:
+        """The plan in words, options written for ``interface`` ("python", "cli" or "job")."""
         from dask.utils import format_bytes
 
         cl = self.cluster
@@ -606,7 +607,7 @@ class JobPlan:
         for i, s in enumerate(self.steps, 1):
             lines.append(f"{i}. {s['step']}: {s['what']}")
             if s["step"] == "logdet" and self.logdet_plan is not None:
-                lines += ["   " + line for line in self.logdet_plan.describe().splitlines()]
+                lines += ["   " + line for line in self.logdet_plan.describe(interface).splitlines()]
         if self.disk:
             lines.append(f"disk: about {format_bytes(self.disk['needed'])} to write, "
                          f"{format_bytes(self.disk['free'])} free at {self.disk['at']}")
@@ -615,7 +616,9 @@ class JobPlan:
                          + (f" (expired: {self.lease['expired']})" if self.lease.get("expired") else ""))
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"PROBLEM: {p}" for p in self.problems]
-        return "\n".join(lines)
+        from .errors import render
+
+        return render("\n".join(lines), interface)
 
 
 def plan_job(job: Job, *, client=None) -> JobPlan:

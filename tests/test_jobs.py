@@ -404,3 +404,15 @@ def test_a_scheduler_on_this_machines_own_address_is_local():
     own = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family.name == "AF_INET"]
     assert all(_loopback(f"tcp://{ip}:8786") for ip in own)
     assert _loopback("tls://localhost:8786") and not _loopback("tcp://203.0.113.7:8786")   # TEST-NET-3: never ours
+
+
+def test_a_stopped_step_finished_by_a_later_run_is_not_told_to_resume():
+    from bigspec.cli import _step_text
+
+    summary = {"tiles": 6, "missing_tiles": 0, "factor": {"columns_done": 300, "n": 300}}
+    r = {"started": "t0", "finished": None}
+    assert _step_text("logdet", r, summary, "stopped").endswith("300 of 300 columns (finished since, by a later run)")
+    half = {**summary, "factor": {"columns_done": 100, "n": 300}}
+    assert _step_text("logdet", r, half, "stopped").endswith("run the job again to resume")
+    assert _step_text("form", r, summary, "interrupted").endswith("(finished since, by a later run)")
+    assert _step_text("logdet", r, half, "failed").endswith("failed (the job's error above)")

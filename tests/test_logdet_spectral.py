@@ -242,3 +242,16 @@ def test_bad_kernel_inputs():
         bigspec.logdet(kernel="rbf", X=X, method="spectrum", sample_size=100)
     with pytest.raises(bigspec.KernelError, match="unknown parameter"):
         bigspec.logdet(kernel="rbf", X=X, method="spectrum", sample_size=20, bogus=1)
+
+
+def test_an_estimate_beyond_the_jensen_bound_is_never_reported():
+    """Z Z^T of rank 300 in 1200 rows, sampled in full-rank blocks of 300: the decompression overshoots the
+    Jensen bound n log(trace / n); the result reports the bound, inside its own interval (-inf, bound], warned."""
+    Z = np.random.default_rng(0).standard_normal((1200, 300))
+    W = Z @ Z.T / 300
+    with pytest.warns(EstimateWarning, match=r"exceeds the Jensen bound .* so the bound itself is reported"):
+        est = bigspec.logdet(W, method="spectrum", sample_size=300, n_samples=2, progress=False)
+    bound = 1200 * np.log(np.mean(np.diag(W)[:600]))        # the trace as the two samples (rows 0..599) give it
+    assert est.diagnostics["jensen_bound"] == pytest.approx(bound, rel=1e-9)
+    assert est.logabsdet == est.diagnostics["jensen_bound"] and est.interval == (-np.inf, est.logabsdet)
+    assert est.covers(np.linalg.slogdet(W)[1])

@@ -118,8 +118,14 @@ class Plan:
     def __str__(self) -> str:
         return self.describe()
 
-    def describe(self) -> str:
-        """The plan in words (what ``--dry-run`` prints; also ``str(plan)``)."""
+    def describe(self, interface: str = "python") -> str:
+        """The plan in words (what ``--dry-run`` prints; also ``str(plan)``), options written for
+        ``interface`` ("python", "cli" or "job", as :func:`bigspec.errors.render`)."""
+        from ..errors import render
+
+        return render(self._describe(), interface)
+
+    def _describe(self) -> str:
         s = self.summary()
         if not self.panels and self.start_column >= self.n_tiles:
             return (f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}\n"

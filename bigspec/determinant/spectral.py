@@ -339,7 +339,7 @@ def _assemble(*, res, ev, d, alpha, regime, logabsdet, sign, per, unfit, fit_err
     failed = []       # the decompression visibly failed: only the bound is left
     if np.isfinite(jensen) and logabsdet > jensen:
         failed.append(f"the estimate {logabsdet:.6g} exceeds the Jensen bound n log(trace / n) = {jensen:.6g} that "
-                      f"every spectrum of one sign obeys")
+                      f"every spectrum of one sign obeys, so the bound itself is reported")
     if cont_mass_off >= 0.05:
         failed.append(f"the decompressed density's continuous mass is off by {cont_mass_off:.3f}")
     if mean_error is not None and abs(mean_error) > 0.01:
@@ -360,6 +360,8 @@ def _assemble(*, res, ev, d, alpha, regime, logabsdet, sign, per, unfit, fit_err
                    f"(m eps max|x| / |x| for each eigenvalue x)")
     elif sign == 0 or not np.isfinite(logabsdet) or failed:
         interval = (-math.inf, jensen if np.isfinite(jensen) else math.inf)
+        if np.isfinite(jensen) and logabsdet > jensen:
+            logabsdet = jensen        # an impossible value is not reported: the largest possible one, said so
         meaning = ("no interval from the samples: " + ("the decompressed spectrum is singular (an atom at 0)"
                    if not np.isfinite(logabsdet) else "the decompression failed its own checks")
                    + (", so only the Jensen bound n log(trace / n) (trace from the sampled eigenvalues) is left"
