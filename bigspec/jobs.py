@@ -54,7 +54,8 @@ from typing import Any, Callable, Literal
 import msgspec
 import numpy as np
 
-from .errors import BigspecError, BigspecWarning, JobSpecError, MemoryBudgetError, StoreNotWritableError, render
+from .errors import (BigspecError, BigspecWarning, JobSpecError, MemoryBudgetError, StoreExistsError,
+                     StoreNotWritableError, render)
 
 logger = logging.getLogger(__name__)
 
@@ -681,6 +682,9 @@ def plan_job(job: Job, *, client=None) -> JobPlan:
         lg = spec.logdet
         exact = lg.method in ("ldl", "cholesky")
         plan.logdet_plan = _logdet_plan(job, client, b) if exact else None
+        kept = _kept_factor_problem(job) if exact else None
+        if kept:
+            plan.problems.append(kept)
         extra = f", shift {lg.shift:g}" if lg.shift else ""
         plan.steps.append({"step": "logdet", "method": lg.method,
                            "what": f"{lg.method} ({'exact' if exact else 'estimate'}){extra}"})
@@ -739,6 +743,26 @@ def _tile_size(job: Job, client) -> int:
 
     _, threads, workers_memory = resources(client)
     return fit_tile_size(job.n, memory_budget(None, client, workers_memory), threads, multiple=job.rows_per_sample)
+
+
+def _kept_factor_problem(job: Job) -> str | None:
+    """The refusal an exact logdet step would meet: the store keeps a factor made with other settings."""
+    from .determinant.exact import _shift_digest
+    from .storage import is_store
+    from .store import FactorStore, open_matrix
+
+    lg = job.spec.logdet
+    if lg.checkpoint is False or not is_store(job.store, job.storage_options):
+        return None
+    ms = open_matrix(job.store, mode="r", storage_options=job.storage_options)
+    if "factor" not in ms.group:
+        return None
+    meta = dict(ms.group["factor"].attrs.get("bigspec_factor", {}))
+    try:
+        FactorStore.check(meta, ms.n, ms.tile_size, lg.method, _shift_digest(lg.scale, lg.shift), bool(lg.overwrite))
+    except StoreExistsError as e:
+        return getattr(e, "template", None) or str(e)
+    return None
 
 
 def _logdet_plan(job: Job, client, b: int):
@@ -932,8 +956,9 @@ def run_job(job: Job, *, client=None, progress=None, force: bool = False, device
     _check_writable(job)
     plan = plan_job(job, client=client)
     if plan.problems:
-        kind = MemoryBudgetError if plan.logdet_plan is not None and "per worker" in plan.problems[0] \
-            else StoreNotWritableError
+        first = plan.problems[0]
+        kind = (MemoryBudgetError if plan.logdet_plan is not None and "per worker" in first else
+                StoreExistsError if "keeps one factorization" in first else StoreNotWritableError)
         raise kind(f"{job.source}: the job cannot run as planned: " + "; ".join(plan.problems))
     common = dict(client=client, progress=progress, device=device, storage_options=job.storage_options)
     with hold(job.store, storage_options=job.storage_options, force=force,

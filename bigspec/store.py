@@ -467,9 +467,10 @@ class FactorStore:
     ``overwrite`` (StoreExistsError says what differs).
     """
 
-    def __init__(self, group, n, b, method, digest, overwrite):
-        self.group = group
-        meta = dict(group.attrs.get("bigspec_factor", {}))
+    @staticmethod
+    def check(meta: dict, n, b, method, digest, overwrite):
+        """(wanted metadata, whether the kept factor differs, whether to replace it) for a factor whose
+        metadata is ``meta``; raises StoreExistsError where a run would refuse (a dry run asks too)."""
         want = {"schema": FACTOR_SCHEMA, "n": n, "tile_size": b, "dtype": FACTOR_DTYPE.name,
                 "method": method, "params": digest}
         differs = bool(meta) and any(meta.get(k) != v for k, v in want.items())
@@ -489,6 +490,12 @@ class FactorStore:
                 f"the store keeps one factorization in factor/, and it was made with other settings ({diff}); "
                 f"pass {arg('overwrite', True)} to replace it (it is {state}), or {arg('checkpoint', False)} to "
                 f"factor without keeping this one", existing=meta)
+        return want, differs, overwrite
+
+    def __init__(self, group, n, b, method, digest, overwrite):
+        self.group = group
+        meta = dict(group.attrs.get("bigspec_factor", {}))
+        want, differs, overwrite = self.check(meta, n, b, method, digest, overwrite)
         if not meta or overwrite or differs:
             for name in list(group.keys()):
                 del group[name]

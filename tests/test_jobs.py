@@ -416,3 +416,19 @@ def test_a_stopped_step_finished_by_a_later_run_is_not_told_to_resume():
     assert _step_text("logdet", r, half, "stopped").endswith("run the job again to resume")
     assert _step_text("form", r, summary, "interrupted").endswith("(finished since, by a later run)")
     assert _step_text("logdet", r, half, "failed").endswith("failed (the job's error above)")
+
+
+def test_dry_run_lists_a_kept_factor_of_other_settings_in_job_keys(tmp_path, monkeypatch):
+    """The store keeps a factor made with shift 0.01; a job asking for shift 0.03 would be refused: the dry
+    run says so first, worded in the job's keys; with overwrite: true the plan is clean."""
+    monkeypatch.chdir(tmp_path)
+    run_job(job_from_dict(small_job(logdet={"method": "cholesky", "shift": 0.01,
+                                                              "checkpoint": True})), progress=False)
+    other = write_job(tmp_path / "other.yaml", small_job(logdet={"method": "cholesky", "shift": 0.03}))
+    r = CliRunner().invoke(cli, ["run", str(other), "--dry-run", *LOCAL])
+    assert r.exit_code == 1, r.output
+    assert "keeps one factorization in factor/" in r.output and "pass overwrite: true to replace it" in r.output
+    assert "--overwrite" not in r.output
+    ok = write_job(tmp_path / "ok.yaml", small_job(logdet={"method": "cholesky", "shift": 0.03, "overwrite": True}))
+    r = CliRunner().invoke(cli, ["run", str(ok), "--dry-run", *LOCAL])
+    assert r.exit_code == 0 and "PROBLEM" not in r.output, r.output

@@ -176,8 +176,8 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         start = 0
         if use_store and "factor" in ms.group:
             meta = dict(ms.group["factor"].attrs.get("bigspec_factor", {}))
-            same = meta.get("params") == digest and meta.get("method") == method
-            start = int(meta.get("columns_done", 0)) if same and not overwrite else 0
+            _, differs, replace = FactorStore.check(meta, n, b, method, digest, overwrite)   # refuses as a run would
+            start = int(meta.get("columns_done", 0)) if meta and not differs and not replace else 0
         return _as_planned(make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
                                      write_factor=use_store or not probe.in_memory, max_tasks=max_tasks,
                                      storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None,
