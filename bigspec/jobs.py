@@ -839,7 +839,12 @@ def _check_writable(job: Job) -> None:
     if not os.path.isdir(at):
         raise StoreNotWritableError(f"cannot write the store {job.store}: {at} is a file, not a directory; choose "
                                     f"another store path", store=job.store, path=at)
-    if os.statvfs(at).f_flag & os.ST_RDONLY:
+    vfs = os.statvfs(at)
+    if vfs.f_blocks == 0:
+        raise StoreNotWritableError(f"cannot write the store {job.store}: {at} is on a file system that holds no "
+                                    f"files (such as /proc or /sys); choose a location on a disk", store=job.store,
+                                    path=at)
+    if vfs.f_flag & os.ST_RDONLY:
         raise StoreNotWritableError(f"cannot write the store {job.store}: {at} is on a read-only file system; choose a "
                                     f"location you can write", store=job.store, path=at)
     if not os.access(at, os.W_OK | os.X_OK):

@@ -432,3 +432,13 @@ def test_dry_run_lists_a_kept_factor_of_other_settings_in_job_keys(tmp_path, mon
     ok = write_job(tmp_path / "ok.yaml", small_job(logdet={"method": "cholesky", "shift": 0.03, "overwrite": True}))
     r = CliRunner().invoke(cli, ["run", str(ok), "--dry-run", *LOCAL])
     assert r.exit_code == 0 and "PROBLEM" not in r.output, r.output
+
+
+def test_a_store_under_proc_is_refused_for_what_it_is(tmp_path, monkeypatch):
+    """A pseudo file system (no blocks) cannot hold a store, whoever runs the job (root passes os.access there)."""
+    if os.statvfs("/proc").f_blocks != 0:
+        pytest.skip("/proc has blocks here")
+    monkeypatch.chdir(tmp_path)
+    job = write_job(tmp_path / "job.yaml", small_job(store="/proc/bigspec-K.zarr"))
+    r = CliRunner().invoke(cli, ["run", str(job), "--dry-run", *LOCAL])
+    assert r.exit_code == 1 and "a file system that holds no files (such as /proc or /sys)" in r.output, r.output

@@ -521,7 +521,7 @@ def _assemble(alpha, beta, length, n, issued, *, steps):
         emit("a Ritz value is exactly 0: " + (
             "the matrix is singular (an eigenvalue 0 at the end of its spectrum): log|det| = -inf" if singular else
             "the matrix is indefinite and a Ritz value fell on 0, where log|x| is -inf: the estimate is unusable; "
-            "use an exact method (method='ldl')"), issued, stacklevel=5)
+            f"use an exact method ({arg('method', 'ldl')})"), issued, stacklevel=5)
         return {"estimate": -math.inf, "sign": 0, "interval": (-math.inf, -math.inf if singular else math.inf),
                 "meaning": "a Ritz value is exactly 0" + (": the matrix is singular" if singular else
                                                         ", so the estimate holds no information"),
@@ -557,7 +557,7 @@ def _assemble(alpha, beta, length, n, issued, *, steps):
              f"is not estimated (sign=0 means unknown), and log|x| is singular inside its spectrum, so no "
              f"quadrature rule bounds the estimate and a Ritz value near 0 can move it far; the interval "
              f"(probe spread and |est(l) - est(l/2)|) may not cover the value: use an exact method "
-             f"(method='ldl') where it fits", issued, stacklevel=5)
+             f"({arg('method', 'ldl')}) where it fits", issued, stacklevel=5)
         meaning += ("; the matrix is indefinite, so the quadrature has no bound and the interval may not cover "
                     "the value")
     elif not resolved or ritz_small:

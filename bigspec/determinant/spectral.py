@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import ArgumentError, ArgumentTypeError, arg, kw
+from ..errors import ArgumentError, ArgumentTypeError, arg, kw, opt
 from .estimate import EstimateResult, emit
 
 #: the interval's confidence (two-sided t-quantile of the per-sample spread)
@@ -406,8 +406,9 @@ def _assemble(*, res, ev, d, alpha, regime, logabsdet, sign, per, unfit, fit_err
         reasons.append(f"the decompression {'also ' if reasons else ''}reported: " + " | ".join(own))
     issued: list = []
     if reasons:
-        emit("logdet(method='spectrum') is outside the regime where free decompression is reliable: "
-             + "; ".join(reasons) + ". An exact method ('ldl', 'cholesky') or 'flodance' gives a checked value",
+        emit(opt("logdet(method='spectrum')", "--method spectrum") + " is outside the regime where free "
+             "decompression is reliable: " + "; ".join(reasons) + f". An exact method ({arg('method', 'ldl')}, "
+             f"{arg('method', 'cholesky')}) or {arg('method', 'flodance')} gives a checked value",
              issued, stacklevel=5)
 
     seconds = time.perf_counter() - t_start
