@@ -149,3 +149,20 @@ def test_the_500k_plans(method, workers, threads_per_worker, budget):
         bound = 8 * n ** 3 / (6 * W)
         assert s["reread_bound"] == pytest.approx(bound)
         assert s["bytes_read_factor"] <= 1.5 * bound          # re-reads near the left-looking bound
+
+
+def test_plan_logdet_without_data():
+    """A matrix that is not here is planned from its order: the same Plan as the planner's, and clear refusals."""
+    import bigspec
+
+    plan = bigspec.plan_logdet(n=20_000, method="cholesky", tile_size=1000, memory="400MiB", workers=2, threads=2)
+    ref = make_plan(20_000, 1000, 8, "cholesky", 400 * 2 ** 20, 4, 2, pure=True)
+    assert plan.summary() == ref.summary() and plan.n_panels == ref.n_panels > 1
+    assert plan.summary()["peak_memory"] <= 400 * 2 ** 20
+    assert plan.summary()["tasks"] == _graph_tasks(plan)
+    with pytest.raises(bigspec.ArgumentError, match=r"give the budget of the cluster you plan for: memory='512GiB'"):
+        bigspec.plan_logdet(n=1000)
+    with pytest.raises(bigspec.ArgumentError, match=r"the matrix A or its order n"):
+        bigspec.plan_logdet(np.eye(4), n=4)
+    with pytest.raises(bigspec.ArgumentError, match=r"plans the exact methods"):
+        bigspec.plan_logdet(n=1000, memory="1GiB", method="flodance")

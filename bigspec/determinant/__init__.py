@@ -315,8 +315,9 @@ def slogdet(A, **kwargs) -> tuple[int, float]:
     return r.sign, r.logabsdet
 
 
-def plan_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None, checkpoint=None,
-                overwrite=False, storage_options=None, triangle=None, missing_chunks="error"):
+def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None,
+                checkpoint=None, overwrite=False, storage_options=None, triangle=None, missing_chunks="error", n=None,
+                dtype="float64", workers=1, threads=1):
     """Plan the exact log-determinant of ``scale * A + diag(shift)`` without computing it.
 
     Planning is a verb of its own (as opt_einsum's ``contract_path`` is for ``contract``):
@@ -349,6 +350,12 @@ def plan_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale
         after the columns a previous run kept), or plan to factor again from the start.
     storage_options, triangle, missing_chunks :
         As for :func:`bigspec.logdet`.
+    n, dtype, workers, threads : optional
+        Without ``A``: plan for a matrix of order ``n`` (``dtype`` its storage dtype; it is
+        factored in float64) stored in tiles of ``tile_size`` (default: as
+        :func:`bigspec.form` would choose), on ``workers`` workers of ``threads`` threads each
+        sharing ``memory`` (a size, required): a job too large to run here (the 500,000-row
+        NTK on 8 workers) is planned without its data.
 
     Returns
     -------
@@ -376,12 +383,54 @@ def plan_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale
     >>> r = bigspec.logdet(make_spd(300), plan=plan)
     >>> r.tasks == plan.summary()["tasks"]
     True
+
+    Without data, the 500,000-row float64 NTK on 8 workers of 16 threads sharing 512 GiB:
+
+    >>> big = bigspec.plan_logdet(n=500_000, method="cholesky", tile_size=4096, memory="512GiB", workers=8,
+    ...                           threads=16)
+    >>> big.n_panels, round(big.summary()["bytes_read_factor"] / big.summary()["reread_bound"], 2) <= 1.5
+    (4, True)
     """
     from .exact import plan_logdet as plan_exact
+
+    if A is None:
+        return _plan_without_data(n, method, memory, tile_size, dtype, workers, threads)
+    if n is not None:
+        from ..errors import ArgumentError
+
+        raise ArgumentError("plan_logdet takes the matrix A or its order n (to plan without data), not both")
 
     return plan_exact(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale, client=client,
                       checkpoint=checkpoint, overwrite=overwrite, storage_options=storage_options, triangle=triangle,
                       missing_chunks=missing_chunks)
+
+
+def _plan_without_data(n, method, memory, tile_size, dtype, workers, threads):
+    """The Plan for a matrix of order n that is not here (see :func:`plan_logdet`)."""
+    import numpy as np
+
+    from .. import config
+    from ..errors import ArgumentError, arg
+    from ..store import check_tile_size
+    from ..validate import check_count, check_memory
+    from .plan import fit_tile_size, make_plan
+
+    if n is None:
+        raise ArgumentError("plan_logdet needs the matrix A, or its order n to plan without data")
+    n = check_count(n, "n", low=1)
+    workers = check_count(workers, "workers", low=1)
+    threads = check_count(threads, "threads", low=1)
+    budget = check_memory(memory)
+    if budget is None or budget == "auto":
+        raise ArgumentError(f"without a matrix, give the budget of the cluster you plan for: {arg('memory', '512GiB')}")
+    method = method or config.get("method", "ldl")
+    if method not in ("ldl", "cholesky"):
+        raise ArgumentError(f"plan_logdet plans the exact methods: {arg('method', 'ldl')} or "
+                            f"{arg('method', 'cholesky')}; got {method!r}")
+    b = fit_tile_size(n, budget, workers * threads, method=method) if tile_size is None else check_tile_size(tile_size)
+    return make_plan(n, min(b, n), 8, method, budget, workers * threads, workers,
+                     max_tasks=int(config.get("max-graph-tasks", 100_000)),
+                     storage_itemsize=np.dtype(dtype).itemsize, store_tiles=False, pure=workers > 1)
 
 
 __all__ = ["logdet", "plan_logdet", "slogdet"]
