@@ -243,10 +243,9 @@ def _gpu_count() -> int:
 
 def _cluster_report(client) -> dict:
     """The cluster behind ``client``: each worker's threads, memory and GPUs, and version mismatches."""
-    try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:
-        workers = client.scheduler_info()["workers"]
+    from .cluster import workers_info
+
+    workers = workers_info(client)
     gpus = client.run(_gpu_count) if workers else {}
     versions = client.get_versions(check=False, packages=["bigspec", "zarr"])
     mine = versions["client"]["packages"]
@@ -647,7 +646,9 @@ def _wait_for_workers(client, options: dict) -> None:
     """A joined scheduler with no worker yet: wait for one (a cluster started together with its runner)."""
     if client is None or not (options.get("scheduler") or options.get("scheduler_file")):
         return
-    if client.scheduler_info().get("workers"):
+    from .cluster import workers_info
+
+    if workers_info(client):
         return
     import asyncio
 

@@ -77,8 +77,7 @@ def resources(client=None) -> tuple[int, int, int | None]:
     """(workers, total threads, total worker memory limit in bytes or None)."""
     if client is None:
         return 1, os.cpu_count() or 1, None
-    info = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
-        client.scheduler_info()["workers"]
+    info = workers_info(client)
     if not info:
         raise ClusterError(f"the Dask cluster at {client.scheduler.address} has no workers; start some "
                            f"(dask worker {client.scheduler.address})")
@@ -86,6 +85,14 @@ def resources(client=None) -> tuple[int, int, int | None]:
     limits = [w.get("memory_limit") or 0 for w in info.values()]
     memory = sum(limits) if all(limits) else None
     return len(info), threads, memory
+
+
+def workers_info(client) -> dict:
+    """The scheduler's record of every worker (address -> nthreads, memory_limit, ...); {} without a client."""
+    if client is None:
+        return {}
+    return client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
+        client.scheduler_info()["workers"]
 
 
 def _takes_n_workers(client) -> bool:

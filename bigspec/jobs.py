@@ -524,15 +524,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _workers(client) -> dict:
-    if client is None:
-        return {}
-    try:
-        return client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:
-        return client.scheduler_info()["workers"]
-
-
 def _loopback(address: str) -> bool:
     import ipaddress
     import socket
@@ -658,7 +649,7 @@ def plan_job(job: Job, *, client=None) -> JobPlan:
     """
     from dask.utils import format_bytes
 
-    from .cluster import resolve_client, resources
+    from .cluster import resolve_client, resources, workers_info
 
     client = resolve_client(client)
     spec = job.spec
@@ -690,7 +681,7 @@ def plan_job(job: Job, *, client=None) -> JobPlan:
                            "what": f"{lg.method} ({'exact' if exact else 'estimate'}){extra}"})
         if plan.logdet_plan is not None:
             need = plan.logdet_plan.summary()["peak_memory_per_worker"]
-            limits = {a: w.get("memory_limit") for a, w in _workers(client).items() if w.get("memory_limit")}
+            limits = {a: w.get("memory_limit") for a, w in workers_info(client).items() if w.get("memory_limit")}
             if limits and need > min(limits.values()):
                 small = min(limits, key=limits.get)
                 plan.problems.append(
