@@ -763,7 +763,7 @@ def _logdet_plan(job: Job, client, b: int):
 
     from . import config
     from .cluster import resources
-    from .determinant.plan import make_plan, memory_budget
+    from .determinant.plan import make_plan, memory_budget, task_granularity
 
     lg = job.spec.logdet
     options = {k: getattr(lg, k) for k in ("memory", "checkpoint", "overwrite") if getattr(lg, k) is not None}
@@ -774,7 +774,8 @@ def _logdet_plan(job: Job, client, b: int):
     budget = memory_budget(lg.memory, client, workers_memory)
     itemsize = np.dtype(job.spec.form.dtype).itemsize
     common = dict(max_tasks=config.get("max-graph-tasks", 100_000), storage_itemsize=itemsize, store_tiles=True,
-                  store_url=job.store, pure=client is not None)
+                  store_url=job.store, pure=client is not None,
+                  granularity=task_granularity("gpu" if job.spec.cluster is not None and job.spec.cluster.gpu else "cpu"))
     probe = make_plan(job.n, b, 8, lg.method, budget, threads, workers, **common)
     write = bool(lg.checkpoint) or not probe.in_memory
     return make_plan(job.n, b, 8, lg.method, budget, threads, workers, write_factor=write, **common)

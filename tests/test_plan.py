@@ -18,7 +18,8 @@ GiB, TiB = 2**30, 2**40
 def _graph_tasks(plan):
     """Tasks of the real graphs of every panel (the same builder the run uses, on a dummy factor)."""
     factor = {"L": None, "D": None}
-    return sum(len(panel_graph(plan, k0, k1, None, factor, 1.0, 0.0, "cpu", plan.write_factor).dsk)
+    return sum(len(panel_graph(plan, k0, k1, None, factor, 1.0, 0.0, "cpu", plan.write_factor,
+                               plan.first_group(k0, k1)).dsk)
                for k0, k1 in plan.panels)
 
 

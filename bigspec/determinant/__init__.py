@@ -317,7 +317,7 @@ def slogdet(A, **kwargs) -> tuple[int, float]:
 
 def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None,
                 checkpoint=None, overwrite=False, storage_options=None, triangle=None, missing_chunks="error", n=None,
-                dtype="float64", workers=1, threads=1):
+                dtype="float64", workers=1, threads=1, device="cpu"):
     """Plan the exact log-determinant of ``scale * A + diag(shift)`` without computing it.
 
     Planning is a verb of its own (as opt_einsum's ``contract_path`` is for ``contract``):
@@ -356,6 +356,9 @@ def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, 
         :func:`bigspec.form` would choose), on ``workers`` workers of ``threads`` threads each
         sharing ``memory`` (a size, required): a job too large to run here (the 500,000-row
         NTK on 8 workers) is planned without its data.
+    device : {"cpu", "gpu"}, default "cpu"
+        Where the tiles are factored; it sets the default task granularity
+        (``bigspec.task-granularity``: coarse "panel" tasks on GPU workers).
 
     Returns
     -------
@@ -394,7 +397,7 @@ def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, 
     from .exact import plan_logdet as plan_exact
 
     if A is None:
-        return _plan_without_data(n, method, memory, tile_size, dtype, workers, threads)
+        return _plan_without_data(n, method, memory, tile_size, dtype, workers, threads, device)
     if n is not None:
         from ..errors import ArgumentError
 
@@ -402,10 +405,10 @@ def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, 
 
     return plan_exact(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale, client=client,
                       checkpoint=checkpoint, overwrite=overwrite, storage_options=storage_options, triangle=triangle,
-                      missing_chunks=missing_chunks)
+                      missing_chunks=missing_chunks, device=device)
 
 
-def _plan_without_data(n, method, memory, tile_size, dtype, workers, threads):
+def _plan_without_data(n, method, memory, tile_size, dtype, workers, threads, device="cpu"):
     """The Plan for a matrix of order n that is not here (see :func:`plan_logdet`)."""
     import numpy as np
 
@@ -413,11 +416,14 @@ def _plan_without_data(n, method, memory, tile_size, dtype, workers, threads):
     from ..errors import ArgumentError, arg
     from ..store import check_tile_size
     from ..validate import check_count, check_memory
-    from .plan import fit_tile_size, make_plan
+    from ..backend import DEVICES
+    from .plan import fit_tile_size, make_plan, task_granularity
 
     if n is None:
         raise ArgumentError("plan_logdet needs the matrix A, or its order n to plan without data")
     n = check_count(n, "n", low=1)
+    if device not in DEVICES:   # planned here, run elsewhere: no GPU needed to plan for one
+        raise ArgumentError(f"{arg('device', device)} must be one of {', '.join(map(repr, DEVICES))}")
     workers = check_count(workers, "workers", low=1)
     threads = check_count(threads, "threads", low=1)
     budget = check_memory(memory)
@@ -430,7 +436,8 @@ def _plan_without_data(n, method, memory, tile_size, dtype, workers, threads):
     b = fit_tile_size(n, budget, workers * threads, method=method) if tile_size is None else check_tile_size(tile_size)
     return make_plan(n, min(b, n), 8, method, budget, workers * threads, workers,
                      max_tasks=int(config.get("max-graph-tasks", 100_000)),
-                     storage_itemsize=np.dtype(dtype).itemsize, store_tiles=False, pure=workers > 1)
+                     storage_itemsize=np.dtype(dtype).itemsize, store_tiles=False, pure=workers > 1,
+                     granularity=task_granularity(device))
 
 
 __all__ = ["logdet", "plan_logdet", "slogdet"]

@@ -65,7 +65,7 @@ from ..validate import check_flag, check_scale_shift, shift_summary
 from . import EXACT_METHODS as METHODS
 from . import tiles
 from .graph import panel_graph
-from .plan import make_plan, memory_budget
+from .plan import make_plan, memory_budget, task_granularity
 from .tasks import COMPUTE_DTYPE, NeedsPivoting, shift_slice
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     if method not in METHODS:
         raise ArgumentError(f"{arg('method')} must be one of {', '.join(METHODS)} for the exact logdet, got {method!r}")
     check_device(device)
+    granularity = plan.granularity if plan is not None else task_granularity(device)
     want_progress(progress)
     client = resolve_client(client)
     # validation of every argument before anything is copied or written
@@ -158,7 +159,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
     while True:
         try:
             probe = make_plan(n, b, itemsize, method, budget, threads, workers, max_tasks=max_tasks,
-                              storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None, pure=client is not None,
+                              storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None, pure=client is not None, granularity=granularity,
                               store_url=ms.url if ms is not None else None)
             break
         except MemoryBudgetError:
@@ -181,7 +182,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         return _as_planned(make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
                                      write_factor=use_store or not probe.in_memory, max_tasks=max_tasks,
                                      storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None,
-                                     pure=client is not None), plan)
+                                     pure=client is not None, granularity=granularity), plan)
     from ..lease import hold
 
     # the factor is written into the store: one writer at a time (a job, or another logdet of it)
@@ -199,7 +200,7 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
         plan = _as_planned(make_plan(n, b, itemsize, method, budget, threads, workers, start_column=start,
                                      write_factor=factor is not None or not probe.in_memory, max_tasks=max_tasks,
                                      storage_itemsize=m.dtype.itemsize, store_tiles=ms is not None,
-                                     pure=client is not None), plan)
+                                     pure=client is not None, granularity=granularity), plan)
         done_before = start * b
 
         def interrupted():
@@ -246,11 +247,12 @@ def exact_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scal
 
 
 def plan_logdet(A, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None, checkpoint=None,
-                overwrite=False, storage_options=None, triangle=None, missing_chunks="error"):
+                overwrite=False, storage_options=None, triangle=None, missing_chunks="error", device="cpu"):
     """The Plan of the exact log-determinant, computing nothing; see :func:`bigspec.plan_logdet`."""
     return exact_logdet(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
                         client=client, checkpoint=checkpoint, overwrite=overwrite, progress=False, dry_run=True,
-                        storage_options=storage_options, triangle=triangle, missing_chunks=missing_chunks)
+                        storage_options=storage_options, triangle=triangle, missing_chunks=missing_chunks,
+                        device=device)
 
 
 def _check_plan(plan, method, tile_size, memory):
@@ -280,22 +282,15 @@ def _check_plan(plan, method, tile_size, memory):
 
 
 def _as_planned(plan, given):
-    """``plan`` with the super-panel width of the caller's plan ``given`` (from where this run starts)."""
-    if given is None or given.panel_tiles == plan.panel_tiles:
+    """``plan`` with the super-panel width and update span of the caller's plan ``given`` (from where
+    this run starts)."""
+    if given is None or (given.panel_tiles, given.update_tiles) == (plan.panel_tiles, plan.update_tiles):
         return plan
     import dataclasses
 
     nt, w = plan.n_tiles, given.panel_tiles
-    return dataclasses.replace(plan, panel_tiles=w,
+    return dataclasses.replace(plan, panel_tiles=w, update_tiles=given.update_tiles,
                                panels=tuple((k0, min(k0 + w, nt)) for k0 in range(plan.start_column, nt, w)))
-
-
-def _widest_group(plan, k0, k1, workers):
-    """Tile columns of the widest pivot group one worker can hold beside its share of the panel."""
-    b = plan.tile_size
-    avail = (plan.budget - plan.panel_memory(k0, k1)) / max(workers, 1)
-    P = math.isqrt(max(int(avail // (3 * COMPUTE_DTYPE.itemsize)), 0))  # the block, its strips, LAPACK
-    return max(1, min(k1 - k0, P // b))
 
 
 def _pivot_split(plan, k0, k1, workers):
@@ -305,11 +300,11 @@ def _pivot_split(plan, k0, k1, workers):
     across tiles is factored narrower when that lets its pivot group be wider (the columns
     after ``k1'`` become the next super-panel; resuming works by columns, so this is safe).
     """
-    best = (k1, _widest_group(plan, k0, k1, workers))
+    best = (k1, plan.widest_group(k0, k1))
     for w in range(k1 - k0 - 1, 0, -1):
         if best[1] >= w + 1:          # a narrower panel cannot hold a wider group
             break
-        g = _widest_group(plan, k0, k0 + w, workers)
+        g = plan.widest_group(k0, k0 + w)
         if g > best[1]:
             best = (k0 + w, g)
     return best
@@ -336,8 +331,9 @@ def _run(plan, source, factor, scale, shift, device, runner, root=None, workers=
         c = bounds[k0][0]
         # a panel can only be split where its L tiles are written for the next panels to read
         split_k1, widest = (_pivot_split(plan, k0, k1, workers) if write else
-                            (k1, _widest_group(plan, k0, k1, workers))) if ldl else (k1, 1)
-        group, offset, tried, widened = 1, 0, set(), False
+                            (k1, plan.widest_group(k0, k1))) if ldl else (k1, 1)
+        group = plan.first_group(k0, k1)
+        offset, tried, widened = 0, set(), False
         mark = runner.mark()
         while True:
             runner.rewind(mark)          # a panel factored again counts its tiles once

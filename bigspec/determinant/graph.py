@@ -9,9 +9,11 @@ A super-panel of tile columns ``k0:k1`` (the left-looking scheme of memdet; Amel
 
 * the first (``k0 == 0``) reads its tiles one task each;
 * a later one reads its rows in row blocks, and applies the updates of the earlier tile
-  columns to each block as a chain of tasks, one per earlier column ``j``. The panel's own
-  rows of column ``j`` (its "top") are read once by one task and shared by every block's
-  update; each block reads only its own rows of L below the panel. The L entries each panel
+  columns to each block as a chain of tasks, one per span of ``plan.update_tiles`` earlier
+  columns (wider spans: fewer tasks, fewer and larger reads, GEMMs with a longer inner
+  dimension, more memory per task). The panel's own rows of a span (its "top") are read once
+  by one task and shared by every block's update; each block reads only its own rows of L
+  below the panel. The L entries each panel
   reads back are then exactly those it needs, ``(n - c) * c`` for a panel at column ``c``,
   which sums to the left-looking bound ``n^3 / (6 W)`` for panels of width ``W``;
 * then it is factored in memory, right-looking over pivot groups, and its L tiles written.
@@ -61,8 +63,8 @@ NO_FACTOR = {"L": None, "D": None}
 
 
 def panel_cost(plan, k0, k1, write) -> Cost:
-    """The cost of one super-panel's graph (pivoting inside each tile), from the graph itself."""
-    return panel_graph(plan, k0, k1, None, NO_FACTOR, 1.0, None, "cpu", write).cost
+    """The cost of one super-panel's graph as first factored (``plan.first_group``), from the graph itself."""
+    return panel_graph(plan, k0, k1, None, NO_FACTOR, 1.0, None, "cpu", write, plan.first_group(k0, k1)).cost
 
 
 def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group=1, limit=math.inf,
@@ -105,26 +107,29 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
     else:
         chunks = plan.row_chunks(k0, k1)
         rows_all = list(range(k0, nt))
-        step = -(-len(rows_all) // chunks)
+        rstep = -(-len(rows_all) // chunks)
         t0, t1 = bounds[k0][0], bounds[k1 - 1][1]
         tops = {}
-        for j in range(k0):           # each earlier column's rows of the panel: read once, shared
-            tops[j] = (name["top"], j)
-            dsk[tops[j]] = (tasks.read_top, factor, panel, j, bounds, device)
-            cost.read_factor += (t1 - t0) * size[j] * itemsize
-        for r, s in enumerate(range(0, len(rows_all), step)):
-            rows = rows_all[s:s + step]
+        step = plan.update_tiles
+        spans = [(j0, min(j0 + step, k0)) for j0 in range(0, k0, step)]
+        for j0, j1 in spans:   # each span of earlier columns' rows of the panel: read once, shared
+            tops[j0] = (name["top"], j0)
+            dsk[tops[j0]] = (tasks.read_top, factor, panel, j0, j1, bounds, device)
+            cost.read_factor += (t1 - t0) * (bounds[j1 - 1][1] - bounds[j0][0]) * itemsize
+        for r, s in enumerate(range(0, len(rows_all), rstep)):
+            rows = rows_all[s:s + rstep]
             r0, r1 = bounds[rows[0]][0], bounds[rows[-1]][1]
             ukey = (name["read"], r)
             dsk[ukey] = (tasks.read_rows, source, rows, panel, bounds, scale, shift, device)
             pairs = [(i, k) for i in rows for k in panel if i >= k]
             cost.read_matrix += sum(size[i] * size[k] for i, k in pairs) * storage
             pair_flops = 2.0 * sum(size[i] * size[k] for i, k in pairs)
-            for j in range(k0):        # the left-looking updates, one earlier tile column at a time
-                prev, ukey = ukey, (name["update"], r, j)
-                dsk[ukey] = (tasks.update_rows, prev, tops[j], factor, rows, panel, j, bounds, device, pure)
-                cost.read_factor += max(r1 - max(r0, t1), 0) * size[j] * itemsize
-                cost.flops += pair_flops * size[j]
+            for j0, j1 in spans:       # the left-looking updates, a span of earlier tile columns at a time
+                width = bounds[j1 - 1][1] - bounds[j0][0]
+                prev, ukey = ukey, (name["update"], r, j0)
+                dsk[ukey] = (tasks.update_rows, prev, tops[j0], factor, rows, panel, j0, j1, bounds, device, pure)
+                cost.read_factor += max(r1 - max(r0, t1), 0) * width * itemsize
+                cost.flops += pair_flops * width
             for pos, (i, k) in enumerate(pairs):
                 key = (name["tile"], i, k, k0)
                 dsk[key] = (tasks.getitem, ukey, pos)
@@ -146,7 +151,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
             dsk[diag_in] = (tasks.assemble, [[tile[i, j] for j in range(g0, i + 1)] for i in cols],
                             [bounds[i][1] - bounds[i][0] for i in cols])
         fkey = (name["factor"], g0)
-        dsk[fkey] = (tasks.factor_task, diag_in, plan.method, (g0, g0), start, pure)
+        dsk[fkey] = (tasks.factor_task, diag_in, plan.method, (g0, g0), start, pure, b)
         P = bounds[g1 - 1][1] - start
         cost.flops += P ** 3 / 3.0
         dsk[(name["info"], g0)] = (tasks.diagonal_info, fkey)

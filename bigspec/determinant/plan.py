@@ -15,12 +15,14 @@ Examples
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from dask.utils import format_bytes
 
-from ..errors import MemoryBudgetError, arg, opt
+from ..errors import ArgumentError, MemoryBudgetError, arg, opt
 
 
 def _tile_sizes(n: int, b: int) -> list[int]:
@@ -46,6 +48,8 @@ class Plan:
     storage_itemsize: int = 8           # bytes per stored entry (tiles are factored in float64)
     pure: bool = False                  # tasks copy what they update (a distributed cluster may rerun them)
     max_tasks: int = 100_000            # bigspec.max-graph-tasks when planned
+    update_tiles: int = 1               # earlier tile columns per left-looking update task
+    granularity: str = "block"          # "tile", "block" or "panel" (see GRANULARITIES)
 
     @property
     def n_tiles(self) -> int:
@@ -61,11 +65,35 @@ class Plan:
 
     def row_chunks(self, k0: int, k1: int) -> int:
         """Row blocks of a panel's left-looking update (parallelism vs re-reading the top)."""
-        return _chunks(self.n_tiles, k0, k1, self.threads)
+        return _row_blocks(self.granularity, self.n_tiles, k0, k1, self.threads, self.workers)
 
     def panel_memory(self, k0: int, k1: int) -> int:
         return _panel_memory(self.n, self.tile_size, self.itemsize, self.threads, k0, k1,
-                             self.row_chunks(k0, k1), self.method == "ldl", self.workers, self.pure)
+                             self.row_chunks(k0, k1), self.method == "ldl", self.workers, self.pure,
+                             self.update_tiles)
+
+    def widest_group(self, k0: int, k1: int) -> int:
+        """Tile columns of the widest pivot group one worker can hold beside its share of the panel."""
+        b = self.tile_size
+        avail = (self.budget - self.panel_memory(k0, k1)) / max(self.workers, 1)
+        P = math.isqrt(max(int(avail // (3 * self.itemsize)), 0))  # the block, its strips, LAPACK
+        return max(1, min(k1 - k0, P // b))
+
+    def group_memory(self, k0: int, k1: int) -> int:
+        """Bytes a pivot group wider than a tile holds besides the panel (its block, strips, LAPACK's
+        workspace), on every worker."""
+        g = self.first_group(k0, k1)
+        P = min(g * self.tile_size, self.n - k0 * self.tile_size)
+        return 0 if g <= 1 else 3 * P * P * self.itemsize * max(self.workers, 1)
+
+    def first_group(self, k0: int, k1: int) -> int:
+        """Tile columns per pivot group when a panel is first factored.
+
+        LDL^T: one tile (pivoting across tiles only where growth asks for it). Cholesky needs
+        no pivoting: its diagonal block is factored by one LAPACK call as wide as memory allows,
+        a shorter critical path than tile by tile inside the panel.
+        """
+        return 1 if self.method == "ldl" or self.granularity == "tile" else self.widest_group(k0, k1)
 
     def panel_tasks(self, k0: int, k1: int) -> int:
         """Tasks of one super-panel's graph (pivoting inside each tile), counted in the graph itself."""
@@ -97,7 +125,7 @@ class Plan:
         from .graph import Cost
 
         total = sum(self.panel_costs, Cost())
-        peak = max((self.panel_memory(k0, k1) for k0, k1 in self.panels), default=0)
+        peak = max((self.panel_memory(k0, k1) + self.group_memory(k0, k1) for k0, k1 in self.panels), default=0)
         largest = max((c.tasks for c in self.panel_costs), default=0)
         return {
             "n": self.n, "tile_size": self.tile_size, "method": self.method, "tiles": self.n_tiles,
@@ -156,8 +184,12 @@ class Plan:
 TOPS_IN_FLIGHT = 1
 
 
-def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True, workers=1, pure=False) -> int:
-    """Peak bytes of one super-panel: its tiles, each thread's workspace, the shared top blocks."""
+def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True, workers=1, pure=False, span=1) -> int:
+    """Peak bytes of one super-panel: its tiles, each thread's workspace, the shared top blocks.
+
+    ``span``: earlier tile columns per left-looking update task (its L rows and the shared
+    top blocks are ``span`` tiles wide).
+    """
     sizes = _tile_sizes(n, b)
     nt = len(sizes)
     W = sum(sizes[k0:k1])
@@ -166,21 +198,22 @@ def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True, workers=1, 
     work = threads * b * b * 3                         # in-panel phase: a tile kernel's temporaries per thread
     if k0 > 0:                                         # left-looking phase: L rows per thread, shared tops
         h = -(-rows // chunks)                         # rows of a row block (on average)
-        shared = TOPS_IN_FLIGHT * min(max(workers, 1), chunks) * (2 if ldl else 1) * W * b
-        work = max(work, threads * _workspace(h, W, b, pure) + shared)
+        cols = min(span, k0) * b
+        shared = TOPS_IN_FLIGHT * min(max(workers, 1), chunks) * (2 if ldl else 1) * W * cols
+        work = max(work, threads * _workspace(h, W, cols, pure) + shared)
     ld_tiles = W * b if ldl else 0                     # D-scaled tiles of one column
     return int((panel + work + ld_tiles) * itemsize)
 
 
-def _workspace(h: int, W: int, b: int, pure: bool) -> int:
-    """Entries one left-looking update task holds besides the panel: its block's L rows of one
-    earlier column.
+def _workspace(h: int, W: int, cols: int, pure: bool) -> int:
+    """Entries one left-looking update task holds besides the panel: its block's L rows of the
+    ``cols`` earlier columns it applies.
 
     Not counted (as the in-panel tasks' tile copies are not): with ``pure`` (a distributed
     cluster) each update step works on its own copy of its row block, so for the length of
     one step a running task holds its block twice (up to ``h * W`` more entries per thread).
     """
-    return h * b
+    return h * cols
 
 
 def _panel_cost(plan, k0, k1):
@@ -190,12 +223,15 @@ def _panel_cost(plan, k0, k1):
 
 
 MIN_SUGGESTED_TILE = 32  # smaller tiles would be dominated by per-task overhead
+#: columns of earlier L one left-looking update task applies, where memory allows (GEMMs with a
+#: longer inner dimension; fewer tasks and reads)
+UPDATE_COLUMNS = 2048
 
 
 def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float, threads: int,
               workers: int = 1, start_column: int = 0, write_factor: bool = True,
               max_tasks: int = 100_000, storage_itemsize: int | None = None, store_tiles: bool = True,
-              store_url: str | None = None, pure: bool = False) -> Plan:
+              store_url: str | None = None, pure: bool = False, granularity: str = "block") -> Plan:
     """Choose the widest super-panel that fits ``budget`` bytes (and, out of core, ``max_tasks`` per graph).
 
     The panel count follows the budget: when the whole lower triangle (and the tile kernels'
@@ -206,6 +242,7 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
     ``store_tiles``: the tiles are a store's (fixed, at ``store_url``), so a MemoryBudgetError
     advises copying the store to smaller tiles; otherwise it advises ``tile_size=``.
     ``pure``: the graphs run on a distributed cluster (tasks copy what they update).
+    ``granularity``: how much work one task does (:data:`GRANULARITIES`).
     """
     b = tile_size
     nt = -(-n // b)
@@ -213,8 +250,12 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
     threads = max(int(threads), 1)
     ldl = method == "ldl"
 
+    if granularity not in GRANULARITIES:
+        raise ArgumentError(f"{arg('granularity', granularity)} must be one of {', '.join(GRANULARITIES)}")
+
     def memory(k0, k1, tile=b, tiles=nt):
-        return _panel_memory(n, tile, itemsize, threads, k0, k1, _chunks(tiles, k0, k1, threads), ldl, workers, pure)
+        return _panel_memory(n, tile, itemsize, threads, k0, k1,
+                             _row_blocks(granularity, tiles, k0, k1, threads, workers), ldl, workers, pure)
 
     def fits(w):
         # the first panel holds the most tiles; of the later ones (each reading earlier columns back) the
@@ -266,7 +307,8 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
 
     def plan_of(w, panels=()):
         return Plan(n, b, itemsize, method, budget, threads, workers, w, start_column, panels, write_factor, si,
-                    pure, max_tasks)
+                    pure, max_tasks, granularity=granularity)
+
 
     if w < nt:   # out of core: the widest panel whose graph has at most max_tasks tasks (estimated, then counted)
         while w > 1 and _estimate_tasks(n, b, ldl, threads, start_column, min(start_column + w, nt)) > max_tasks:
@@ -278,8 +320,21 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
         panels = tuple((k0, min(k0 + w, nt)) for k0 in _starts(start_column, nt, w))
         plan = plan_of(w, panels)
         if w == 1 or all(plan.panel_memory(k0, k1) <= budget for k0, k1 in panels):
-            return plan
+            break
         w -= 1
+    if plan.in_memory or granularity == "tile":
+        return plan
+    # the widest update span (up to UPDATE_COLUMNS columns; coarse: all earlier columns) that the
+    # memory the panel leaves allows
+    import dataclasses
+
+    best = plan
+    for span in range(2, (nt if granularity == "panel" else max(1, UPDATE_COLUMNS // b)) + 1):
+        wider = dataclasses.replace(plan, update_tiles=span)
+        if any(wider.panel_memory(k0, k1) > budget for k0, k1 in panels):
+            break
+        best = wider
+    return best
 
 
 def _estimate_tasks(n, b, ldl, threads, k0, k1) -> int:
@@ -301,6 +356,33 @@ def _estimate_tasks(n, b, ldl, threads, k0, k1) -> int:
 
 def _starts(start, nt, w):
     return list(range(start, nt, max(w, 1)))
+
+
+#: how much work one task does: "tile" (one tile kernel per task, as dask.array.linalg's graphs),
+#: "block" (left-looking updates over spans of UPDATE_COLUMNS columns, Cholesky's diagonal block in
+#: one LAPACK call as wide as memory allows; the CPU default) or "panel" (coarse: one row block per worker, whose
+#: left-looking update of a whole super-panel is one task of many BLAS calls, as MAGMA's
+#: out-of-core multi-GPU routines do; the GPU default, where a task's overhead is many GEMMs' time)
+GRANULARITIES = ("tile", "block", "panel")
+
+
+def task_granularity(device: str = "cpu") -> str:
+    """``bigspec.task-granularity``, or the device's default ("panel" on GPU workers, else "block")."""
+    from .. import config
+
+    value = config.get("task-granularity", None)
+    if value is None:
+        return "panel" if device == "gpu" else "block"
+    if value not in GRANULARITIES:
+        raise ArgumentError(f"the dask config bigspec.task-granularity = {value!r} must be one of "
+                            f"{', '.join(GRANULARITIES)} (or null for the device's default)")
+    return value
+
+
+def _row_blocks(granularity, nt, k0, k1, threads, workers):
+    if granularity == "panel":
+        return max(1, min(nt - k0, max(workers, 1)))
+    return _chunks(nt, k0, k1, threads)
 
 
 def _chunks(nt, k0, k1, threads):

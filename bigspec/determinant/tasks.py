@@ -69,15 +69,15 @@ def read_rows(source, rows, panel, bounds, scale, shift, device):
     return out + [max((amax(T) for T in out), default=0.0)]
 
 
-def read_top(factor, panel, j, bounds, device):
-    """The panel's own rows of one earlier tile column ``j`` of L, and its D-scaled copy.
+def read_top(factor, panel, j0, j1, bounds, device):
+    """The panel's own rows of earlier tile columns ``j0:j1`` of L, and its D-scaled copy.
 
     Read once per panel and shared by every row block's update (the row blocks below the
     panel read only their own rows of L). Returns ``(L_top, LD_top)``; for Cholesky (no D)
     both are the same array.
     """
     t0, t1 = bounds[panel[0]][0], bounds[panel[-1]][1]
-    c0, c1 = bounds[j]
+    c0, c1 = bounds[j0][0], bounds[j1 - 1][1]
     L, D = factor["L"], factor.get("D")
     L_top = to_device(np.ascontiguousarray(L[t0:t1, c0:c1], dtype=COMPUTE_DTYPE), device)
     if D is None:
@@ -94,19 +94,20 @@ def read_top(factor, panel, j, bounds, device):
     return L_top, tiles.scale_by_D_columns(L_top, D_here, left, right)
 
 
-def update_rows(block, top, factor, rows, panel, j, bounds, device, pure=False):
-    """Apply one earlier tile column ``j``'s left-looking update to a row block of a super-panel.
+def update_rows(block, top, factor, rows, panel, j0, j1, bounds, device, pure=False):
+    """Apply the left-looking update of earlier tile columns ``j0:j1`` to a row block of a super-panel.
 
-    ``block``: the block's tiles then max|A| (from :func:`read_rows` or the previous column's
-    update); ``top``: :func:`read_top` of column ``j``. Rows of the block inside the panel
-    take their L rows from ``top``; rows below it read theirs from ``factor`` (each L entry
-    is read from the store once per panel). Updates the tiles in place unless ``pure``.
+    ``block``: the block's tiles then max|A| (from :func:`read_rows` or the previous update);
+    ``top``: :func:`read_top` of the same columns. Rows of the block inside the panel take
+    their L rows from ``top``; rows below it read theirs from ``factor`` in one read (each L
+    entry is read from the store once per panel). One GEMM per tile of the block, with inner
+    dimension the columns' width. Updates the tiles in place unless ``pure``.
     """
     out = [_own(T, pure) for T in block[:-1]]
     L_top, LD_top = top
     t0, t1 = bounds[panel[0]][0], bounds[panel[-1]][1]
     r0, r1 = bounds[rows[0]][0], bounds[rows[-1]][1]
-    c0, c1 = bounds[j]
+    c0, c1 = bounds[j0][0], bounds[j1 - 1][1]
     s0 = max(r0, t1)
     L_below = to_device(np.ascontiguousarray(factor["L"][s0:r1, c0:c1], dtype=COMPUTE_DTYPE), device) \
         if r1 > s0 else None
@@ -160,8 +161,8 @@ def _own(T, pure):
     return T.copy() if pure else T
 
 
-def factor_task(T, method, tile, offset, pure=False):
-    return tiles.factor_diagonal(_own(T, pure), method, tile, offset)
+def factor_task(T, method, tile, offset, pure=False, tile_size=None):
+    return tiles.factor_diagonal(_own(T, pure), method, tile, offset, tile_size)
 
 
 def diagonal_info(F: tiles.DiagonalFactor):

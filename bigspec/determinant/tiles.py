@@ -87,16 +87,20 @@ def _c(x):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
-def factor_diagonal(T, method: str, tile=(0, 0), offset: int = 0) -> DiagonalFactor:
+def factor_diagonal(T, method: str, tile=(0, 0), offset: int = 0, tile_size: int | None = None) -> DiagonalFactor:
     """Factor a symmetric diagonal block (only its lower triangle is read).
 
     For LDL^T the block may span several tiles (a pivot group): Bunch-Kaufman pivoting then
     reaches across all of it. Raises :class:`NotPositiveDefiniteError` (Cholesky) naming the
-    tile and global pivot row, or :class:`ZeroPivot` (LDL^T) on an exact zero pivot.
+    tile and global pivot row (``tile_size``: the tiles' edge, when the block spans several), or
+    :class:`ZeroPivot` (LDL^T) on an exact zero pivot.
     """
     xp = namespace_of(T)
     if method == "cholesky":
-        if xp is np:
+        if xp is np and T.flags.f_contiguous and T.ndim == 2 and T.shape[0] > 1:
+            # an F-ordered block (an assembled pivot group) is factored in its own memory
+            L, info = lapack.get_lapack_funcs("potrf", (T,))(T, lower=1, overwrite_a=1, clean=1)
+        elif xp is np:
             T = _c(T)
             # C-ordered T is the F-ordered T^T = T; 'upper' of that is our lower triangle
             c, info = lapack.get_lapack_funcs("potrf", (T,))(T.T, lower=0, overwrite_a=1, clean=1)
@@ -105,6 +109,8 @@ def factor_diagonal(T, method: str, tile=(0, 0), offset: int = 0) -> DiagonalFac
             L, info = _cupy_cholesky(T)
         if info > 0:
             row = offset + info - 1
+            if tile_size:   # a block of several tiles: name the tile that holds the row
+                tile = (row // tile_size, row // tile_size)
             raise NotPositiveDefiniteError(
                 f"the matrix is not positive definite: Cholesky met a non-positive pivot at row "
                 f"{row} (tile {tile}, local pivot {info - 1}); use {arg('method', 'ldl')} for symmetric "
