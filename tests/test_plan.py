@@ -167,3 +167,49 @@ def test_plan_logdet_without_data():
         bigspec.plan_logdet(np.eye(4), n=4)
     with pytest.raises(bigspec.ArgumentError, match=r"plans the exact methods"):
         bigspec.plan_logdet(n=1000, memory="1GiB", method="flodance")
+
+
+@pytest.mark.parametrize("method", ["cholesky", "ldl"])
+def test_task_granularities_agree_with_numpy_and_their_plans(method, tmp_path, monkeypatch):
+    """tile / block / panel tasks: the same determinant, each run the graphs its plan counted, reading
+    what it planned; coarser tasks are fewer, and block/panel use spans of several earlier columns."""
+    import dask
+
+    n, b = 300, 12
+    A = make_spd(n, seed=21) if method == "cholesky" else make_indefinite(n, seed=21)
+    ms = bigspec.from_array(A, str(tmp_path / "A.zarr"), tile_size=b)
+    plans, tasks = {}, {}
+    for g in ("tile", "block", "panel"):
+        with dask.config.set({"bigspec.task-granularity": g}):
+            plan = bigspec.plan_logdet(ms, method=method, memory=250_000, overwrite=True)
+            assert plan.granularity == g and plan.n_panels >= 3
+            s = plan.summary()
+            assert s["peak_memory"] <= plan.budget
+            reads = _CountReads(monkeypatch)
+            r = bigspec.logdet(ms, plan=plan, progress=False, overwrite=True)
+            monkeypatch.undo()
+        assert_logdet_close(r, A, rtol=1e-10)
+        assert r.tasks == s["tasks"]                                     # the graphs that ran are the plan's
+        if method == "cholesky":                                         # (LDL^T may widen its pivot groups)
+            assert reads.factor == s["bytes_read_factor"] and reads.matrix == s["bytes_read_matrix"]
+        plans[g], tasks[g] = plan, s["tasks"]
+    assert plans["tile"].update_tiles == 1 and plans["block"].update_tiles > 1 and plans["panel"].update_tiles > 1
+    assert tasks["panel"] < tasks["tile"] and tasks["block"] < tasks["tile"]
+    if method == "cholesky":   # coarse: the diagonal block in one LAPACK call, as wide as memory allows
+        assert plans["block"].first_group(*plans["block"].panels[1]) == 1
+        assert plans["panel"].first_group(*plans["panel"].panels[1]) > 1
+
+
+def test_task_granularity_is_checked():
+    import dask
+
+    with dask.config.set({"bigspec.task-granularity": "tiles"}):
+        with pytest.raises(ArgumentError, match=r"bigspec.task-granularity = 'tiles' must be one of tile, block, panel"):
+            bigspec.plan_logdet(make_spd(50), tile_size=10, memory="1MiB")
+    with pytest.raises(ArgumentError, match=r"device='tpu' must be one of"):
+        bigspec.plan_logdet(n=1000, memory="1GiB", device="tpu")
+    # a GPU job planned here (no GPU needed): coarse tasks by default
+    gpu = bigspec.plan_logdet(n=200_000, memory="64GiB", tile_size=4096, method="cholesky", device="gpu", workers=8)
+    cpu = bigspec.plan_logdet(n=200_000, memory="64GiB", tile_size=4096, method="cholesky", workers=8)
+    assert gpu.granularity == "panel" and cpu.granularity == "block"
+    assert gpu.summary()["tasks"] < cpu.summary()["tasks"]

@@ -149,7 +149,7 @@ def panel_graph(plan, k0, k1, source, factor, scale, shift, device, write, group
         else:
             diag_in = (name["assemble"], g0)
             dsk[diag_in] = (tasks.assemble, [[tile[i, j] for j in range(g0, i + 1)] for i in cols],
-                            [bounds[i][1] - bounds[i][0] for i in cols])
+                            [bounds[i][1] - bounds[i][0] for i in cols], "C" if cholesky else "F")
         fkey = (name["factor"], g0)
         dsk[fkey] = (tasks.factor_task, diag_in, plan.method, (g0, g0), start, pure, b)
         P = bounds[g1 - 1][1] - start

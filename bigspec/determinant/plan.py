@@ -89,11 +89,13 @@ class Plan:
     def first_group(self, k0: int, k1: int) -> int:
         """Tile columns per pivot group when a panel is first factored.
 
-        LDL^T: one tile (pivoting across tiles only where growth asks for it). Cholesky needs
-        no pivoting: its diagonal block is factored by one LAPACK call as wide as memory allows,
-        a shorter critical path than tile by tile inside the panel.
+        LDL^T: one tile (pivoting across tiles only where growth asks for it). Cholesky with
+        coarse tasks ("panel"): its diagonal block in one LAPACK call as wide as memory allows
+        (fewer, larger tasks). Otherwise one tile: on 2 cores at n = 8192 a group as wide as the
+        matrix was 1.4x slower in memory (one potrf task, and nothing read while it runs) and no
+        faster out of core (bench/logdet_exact.py).
         """
-        return 1 if self.method == "ldl" or self.granularity == "tile" else self.widest_group(k0, k1)
+        return self.widest_group(k0, k1) if self.method == "cholesky" and self.granularity == "panel" else 1
 
     def panel_tasks(self, k0: int, k1: int) -> int:
         """Tasks of one super-panel's graph (pivoting inside each tile), counted in the graph itself."""
@@ -359,10 +361,11 @@ def _starts(start, nt, w):
 
 
 #: how much work one task does: "tile" (one tile kernel per task, as dask.array.linalg's graphs),
-#: "block" (left-looking updates over spans of UPDATE_COLUMNS columns, Cholesky's diagonal block in
-#: one LAPACK call as wide as memory allows; the CPU default) or "panel" (coarse: one row block per worker, whose
-#: left-looking update of a whole super-panel is one task of many BLAS calls, as MAGMA's
-#: out-of-core multi-GPU routines do; the GPU default, where a task's overhead is many GEMMs' time)
+#: "block" (left-looking updates over spans of up to UPDATE_COLUMNS columns; the CPU default) or
+#: "panel" (coarse: one row block per worker, updated over spans of as many earlier columns as
+#: memory allows, and Cholesky's diagonal block in one LAPACK call as wide as memory allows, as
+#: MAGMA's out-of-core multi-GPU routines work; the GPU default, where a task's overhead is many
+#: GEMMs' time)
 GRANULARITIES = ("tile", "block", "panel")
 
 

@@ -44,8 +44,11 @@ def read_tile(source, r0, r1, c0, c1, scale, shift, device, index):
 
 
 def amax(T) -> float:
-    """max |T| (the scale that growth is measured against)."""
-    return float(namespace_of(T).max(namespace_of(T).abs(T))) if T.size else 0.0
+    """max |T| (the scale that growth is measured against), without a temporary |T|."""
+    if not T.size:
+        return 0.0
+    xp = namespace_of(T)
+    return float(max(xp.max(T), -xp.min(T)))
 
 
 def read_tile_and_amax(*args):
@@ -131,11 +134,16 @@ def shift_slice(shift, bounds, i):
     return np.asarray(shift[bounds[i][0]:bounds[i][1]])
 
 
-def assemble(blocks, sizes):
-    """The lower triangle of a pivot group's diagonal block from its tiles, as one F-ordered array."""
+def assemble(blocks, sizes, order="F"):
+    """The lower triangle of a pivot group's diagonal block from its tiles, as one array.
+
+    ``order``: "F" for LAPACK's sytrf (factored in place); "C" for Cholesky, whose C-ordered
+    block is factored in place as the upper triangle of its F-ordered transpose (copying
+    C-ordered tiles into a C-ordered block is a row-by-row copy, not a transposition).
+    """
     xp = namespace_of(blocks[0][0])
     P = sum(sizes)
-    out = xp.zeros((P, P), dtype=COMPUTE_DTYPE, order="F")
+    out = xp.zeros((P, P), dtype=COMPUTE_DTYPE, order=order)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     for a, row in enumerate(blocks):
         for c, T in enumerate(row):
@@ -228,8 +236,8 @@ def write_L(L, array, r0, r1, c0, c1, lr0, lc0, diagonal, *after):
     """
     host = to_host(L[lr0:lr0 + r1 - r0, lc0:lc0 + c1 - c0])
     array[r0:r1, c0:c1] = host
-    return 0.0 if diagonal else float(np.max(np.abs(host), initial=0.0))
+    return 0.0 if diagonal else amax(host)
 
 
 def max_abs(L, lr0, rows, diagonal):
-    return 0.0 if diagonal else float(np.max(np.abs(to_host(L[lr0:lr0 + rows])), initial=0.0))
+    return 0.0 if diagonal else amax(L[lr0:lr0 + rows])
