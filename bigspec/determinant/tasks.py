@@ -199,10 +199,9 @@ def stats_task(L, F, r0, r1, diagonal):
     """(growth row sums, max|L| off the unit diagonal) of rows r0:r1 of a group's L block."""
     piece = L[r0:r1]
     s = tiles.growth_rows(piece, F.majorant)
-    host = np.abs(to_host(piece))
     if diagonal:  # the diagonal block: its unit diagonal and the zeros above it do not count
-        host = np.tril(host, r0 - 1)
-    return s, float(host.max(initial=0.0))
+        return s, amax(np.tril(to_host(piece), r0 - 1))
+    return s, amax(to_host(piece))
 
 
 def gate(stats, rows_of, scales, prior_s, prior_scale, row0, limit):

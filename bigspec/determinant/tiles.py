@@ -286,17 +286,14 @@ def _solve_D(X, D):
     xp = namespace_of(X)
     diag, sub, starts = _blocks(D)
     inv = np.where(diag != 0, 1.0 / np.where(diag != 0, diag, 1.0), 0.0)
-    single = np.ones(diag.shape, bool)
-    single[starts] = single[starts + 1] = False
-    idx = np.flatnonzero(single)
+    starts_h = starts
     if xp is not np:  # pragma: no cover - needs a GPU
-        starts_h = starts
-        starts, idx = xp.asarray(starts), xp.asarray(idx)
-    else:
-        starts_h = starts
+        starts = xp.asarray(starts)
     x0 = X[:, starts].copy()
     x1 = X[:, starts + 1].copy()
-    X[:, idx] *= xp.asarray(inv[np.flatnonzero(single)].astype(X.dtype))[None, :]
+    # every column scaled in one pass (a gather/scatter of nearly all columns was 6x slower); the
+    # columns of 2x2 blocks are overwritten below
+    X *= xp.asarray(inv.astype(X.dtype))[None, :]
     if starts_h.size:
         a, c, e = diag[starts_h], sub[starts_h], diag[starts_h + 1]
         det = a * e - c * c
