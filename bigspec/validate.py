@@ -63,6 +63,29 @@ def check_count(value, name: str, low: int | None = 1, high: int | None = None, 
     return value
 
 
+def check_probabilities(q, what: str = "quantiles") -> np.ndarray:
+    """Probabilities ``q`` (a number or an array of them) as a float array, each in [0, 1].
+
+    Raises :class:`~bigspec.errors.ArgumentError` for values outside [0, 1] or not finite, and
+    :class:`~bigspec.errors.ArgumentTypeError` for what is not numbers; ``what`` names the caller.
+    """
+    try:
+        out = np.asarray(q, dtype=float)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{what} need probabilities (numbers in [0, 1]), got {q!r}") from None
+    if not np.all((out >= 0) & (out <= 1)):       # NaN fails too
+        raise ArgumentError(f"{what} need probabilities in [0, 1], got {out.tolist()!r}")
+    return out
+
+
+def check_level(level, name: str = "level") -> float:
+    """A confidence level: a number strictly between 0 and 1 (0.95 for a 95% interval)."""
+    level = check_number(level, name)
+    if not 0.0 < level < 1.0:
+        raise ArgumentError(f"{arg(name)} must be between 0 and 1 (0.95 for a 95% interval), got {level}")
+    return level
+
+
 def check_scale(scale) -> float:
     """The ``scale`` of ``scale * A``: a finite nonzero number."""
     scale = check_number(scale, "scale")

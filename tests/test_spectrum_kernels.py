@@ -2,11 +2,13 @@
 
 Each case: a kernel matrix of n = 4000 points (the digits NTK: its 1797), rows in random order,
 2 samples of n / 4 rows (4 of n / 4 for the digits) decompressed 4x by ``bigspec.spectrum``
-with its defaults. Targets: the 10/25/50/75/90% quantiles within 20% (25% where measured above
-20%, noted), the trace within 1%, Wasserstein-1 of log10 eigenvalues below 0.1 decades, the
-top-10 eigenvalues within 10%, the log-determinant within 3%, and the held-out error the
-result reports within a factor 2 of the true Wasserstein-1 (with 0.03 decades of slack for
-errors that small).
+with its defaults. Targets: the 10/25/50/75/90% quantiles within 20%, or, where an estimate
+misses that (Matérn-5/2's 75% quantile is 21.8% low, the ReLU NTK's 90% is 24% high), a 95%
+quantile interval that covers the exact value and reaches more than 20% beyond the estimate on
+its side, so the result says so; every exact quantile inside its interval; the trace within 1%,
+Wasserstein-1 of log10 eigenvalues below 0.1 decades, the top-10 eigenvalues within 10%, the
+log-determinant within 3%, and the held-out error the result reports within a factor 2 of the
+true Wasserstein-1 (with 0.03 decades of slack for errors that small).
 """
 
 from __future__ import annotations
@@ -48,14 +50,30 @@ def _case(name):
     return K[np.ix_(perm, perm)], nugget
 
 
-#: (case, samples, quantile tolerance): 25% where 20% was missed (measured: Matérn-5/2's 75%
-#: quantile -21.8%, the ReLU NTK's 90% +22.8%; the intermediate ranks are the fit's weakest)
-CASES = [("matern0.5", 2, 0.20), ("matern1.5", 2, 0.20), ("matern2.5", 2, 0.25), ("rbf+nugget", 2, 0.20),
-         ("relu", 2, 0.25), ("digits", 4, 0.20)]
+#: (case, samples)
+CASES = [("matern0.5", 2), ("matern1.5", 2), ("matern2.5", 2), ("rbf+nugget", 2), ("relu", 2), ("digits", 4)]
+Q_TOL = 0.20          # the quantile target
+#: widest relative half-width (high - low) / (2 estimate) of a quantile interval where the estimate is
+#: within 10%: measured up to 1.30 (RBF + nugget at 90%, 1e-5 above the nugget: at the smaller nested
+#: sizes that rank is far above it, and their held-out errors are large) and 0.96 (Matérn-5/2 at 10%);
+#: the median over a case's five up to 0.66 (Matérn-5/2), 0.18-0.42 for the others (0 for RBF + nugget)
+WIDTH_WITHIN_10 = 1.5
+WIDTH_MEDIAN = 0.8
 
 
-@pytest.mark.parametrize("name,n_samples,q_tol", CASES, ids=[c[0] for c in CASES])
-def test_kernel_spectrum_against_eigvalsh(name, n_samples, q_tol):
+def _check_quantile_intervals(r, exact, p, inside_at_least):
+    """The estimate's intervals against the exact quantiles: (estimate, exact, low, high)."""
+    est, truth = r.quantiles(p), np.quantile(exact, p)
+    low, mid, high = r.quantile_intervals(p)
+    np.testing.assert_array_equal(mid, est)
+    assert np.all(low <= est) and np.all(est <= high)
+    inside = (low <= truth) & (truth <= high)
+    assert inside.sum() >= inside_at_least, (p[~inside], low, est, high, truth)
+    return est, truth, low, high, inside
+
+
+@pytest.mark.parametrize("name,n_samples", CASES, ids=[c[0] for c in CASES])
+def test_kernel_spectrum_against_eigvalsh(name, n_samples):
     K, nugget = _case(name)
     n = len(K)
     exact = np.linalg.eigvalsh(K) + nugget
@@ -66,7 +84,23 @@ def test_kernel_spectrum_against_eigvalsh(name, n_samples, q_tol):
     held = r.diagnostics["held_out_by_regime"]
     assert held["kernel"] < held["bulk"]
     p = np.array([0.1, 0.25, 0.5, 0.75, 0.9])
-    np.testing.assert_allclose(r.quantiles(p), np.quantile(exact, p), rtol=q_tol)
+    # every exact quantile inside its 95% interval (measured: 30 of 30 here, 120 of 120 over 4 row orders,
+    # at most 0.73 of the half-width used, the digits NTK's 90%)
+    est, truth, low, high, inside = _check_quantile_intervals(r, exact, p, inside_at_least=p.size)
+    off = np.abs(est / truth - 1)
+    met = off <= Q_TOL
+    np.testing.assert_allclose(est[met], truth[met], rtol=Q_TOL)
+    for i in np.flatnonzero(~met):      # the result says so: its interval reaches past 20% on the true side
+        assert inside[i]
+        reach = (high[i] - est[i]) / est[i] if truth[i] > est[i] else (est[i] - low[i]) / est[i]
+        assert reach > Q_TOL, (p[i], low[i], est[i], high[i], truth[i])
+    width = (high - low) / (2 * est)
+    assert np.all(width[off < 0.10] < WIDTH_WITHIN_10), width
+    assert np.median(width) < WIDTH_MEDIAN, width
+    rows = r.diagnostics["quantile_intervals"]
+    assert r.diagnostics["quantile_interval_level"] == 0.95 and [q for q, *_ in rows] == p.tolist()
+    np.testing.assert_allclose([(a, b, c) for _, a, b, c in rows], np.stack([low, est, high], axis=1), rtol=1e-12)
+    assert "quantiles with 95% held-out intervals: 10%" in repr(r)
     assert r.trace == pytest.approx(exact.sum(), rel=0.01)
     low, high = r.trace_interval
     assert low <= exact.sum() <= high
@@ -268,6 +302,25 @@ def test_quantile_probabilities_and_top_k_are_checked():
             r.quantiles(bad)
     with pytest.raises(bigspec.ArgumentError, match=r"k must be between 1 and 1200 \(the matrix has 1200"):
         r.top_eigenvalues(1201)
+    for bad in (1.5, float("nan")):
+        with pytest.raises(bigspec.ArgumentError, match=r"quantile intervals need probabilities in \[0, 1\]"):
+            r.quantile_intervals(bad)
+    for bad in (0.0, 1.0, 95):
+        with pytest.raises(bigspec.ArgumentError, match=r"level must be between 0 and 1"):
+            r.quantile_intervals(0.5, level=bad)
+    with pytest.raises(bigspec.ArgumentTypeError, match=r"level must be a number"):
+        r.quantile_intervals(0.5, level="95%")
+    low, est, high = r.quantile_intervals(0.5)                  # shapes follow p; a lower level is narrower
+    assert np.shape(low) == np.shape(est) == np.shape(high) == () and low <= est <= high
+    narrow = r.quantile_intervals([[0.25, 0.5]], level=0.5)
+    wide = r.quantile_intervals([[0.25, 0.5]])
+    assert narrow[0].shape == (1, 2) and np.all(narrow[0] >= wide[0]) and np.all(narrow[2] <= wide[2])
+    same = bigspec.spectrum(K[:1200, :1200], sample_size=300, n_samples=2, size=300, progress=False)
+    low, est, high = same.quantile_intervals([0.1, 0.5, 0.9])        # the fit smooths the samples: not exact
+    assert same.alpha == 1 and np.all(low < 0.99 * est) and np.all(high > 1.01 * est)
+    bulk = bigspec.free_decompress(np.linalg.eigvalsh(K[:300, :300]), 1200)
+    with pytest.raises(bigspec.ArgumentError, match=r"quantile intervals need the kernel regime"):
+        bulk.quantile_intervals(0.5)
     # the kernel regime's own logdet warns only where its held-out error is wide
     with warnings.catch_warnings():
         warnings.simplefilter("error", DecompressionWarning)
@@ -325,6 +378,7 @@ def test_sixteen_fold_decompression_meets_the_targets_or_warns(name):
         warnings.simplefilter("always")
         r = bigspec.spectrum(K, sample_size=n // 16, n_samples=2, progress=False)
     warned = any(issubclass(w.category, DecompressionWarning) for w in caught)
+    _check_quantile_intervals(r, exact, np.array([0.1, 0.25, 0.5, 0.75, 0.9]), inside_at_least=4)  # measured 5
     pp = (np.arange(n) + 0.5) / n
     w1 = float(np.mean(np.abs(np.log10(r.quantiles(pp)) - np.log10(np.quantile(exact, pp)))))
     assert warned == (r.diagnostics["held_out_scaled"] > 0.1)
