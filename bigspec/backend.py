@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from .errors import BackendUnavailableError
+from .errors import ArgumentError, BackendUnavailableError, arg
 
 DEVICES = ("cpu", "gpu")
 
@@ -24,7 +24,7 @@ DEVICES = ("cpu", "gpu")
 def check_device(device: str) -> str:
     """Validate ``device`` ("cpu" or "gpu") and, for "gpu", that cupy and a device exist."""
     if device not in DEVICES:
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        raise ArgumentError(f"{arg('device', device)} must be one of {', '.join(map(repr, DEVICES))}")
     if device == "gpu":
         get_namespace("gpu")
     return device

@@ -63,18 +63,20 @@ def check_count(value, name: str, low: int | None = 1, high: int | None = None, 
     return value
 
 
-def check_probabilities(q, what: str = "quantiles") -> np.ndarray:
+def check_probabilities(q, what: str = "quantiles(q)") -> np.ndarray:
     """Probabilities ``q`` (a number or an array of them) as a float array, each in [0, 1].
 
     Raises :class:`~bigspec.errors.ArgumentError` for values outside [0, 1] or not finite, and
     :class:`~bigspec.errors.ArgumentTypeError` for what is not numbers; ``what`` names the caller.
     """
+    if q is None or isinstance(q, (str, bytes)):
+        raise ArgumentTypeError(f"{what} takes probabilities (numbers in [0, 1]), got {q!r}")
     try:
         out = np.asarray(q, dtype=float)
     except (TypeError, ValueError):
-        raise ArgumentTypeError(f"{what} need probabilities (numbers in [0, 1]), got {q!r}") from None
+        raise ArgumentTypeError(f"{what} takes probabilities (numbers in [0, 1]), got {q!r}") from None
     if not np.all((out >= 0) & (out <= 1)):       # NaN fails too
-        raise ArgumentError(f"{what} need probabilities in [0, 1], got {out.tolist()!r}")
+        raise ArgumentError(f"{what} takes probabilities in [0, 1], got {out.tolist()!r}")
     return out
 
 

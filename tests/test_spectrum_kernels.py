@@ -303,7 +303,10 @@ def test_quantile_probabilities_and_top_k_are_checked():
     with pytest.raises(bigspec.ArgumentError, match=r"k must be between 1 and 1200 \(the matrix has 1200"):
         r.top_eigenvalues(1201)
     for bad in (1.5, float("nan")):
-        with pytest.raises(bigspec.ArgumentError, match=r"quantile intervals need probabilities in \[0, 1\]"):
+        with pytest.raises(bigspec.ArgumentError, match=r"quantile_intervals\(p\) takes probabilities in \[0, 1\]"):
+            r.quantile_intervals(bad)
+    for bad in (None, "half"):
+        with pytest.raises(bigspec.ArgumentTypeError, match=r"quantile_intervals\(p\) takes probabilities \(numbers"):
             r.quantile_intervals(bad)
     for bad in (0.0, 1.0, 95):
         with pytest.raises(bigspec.ArgumentError, match=r"level must be between 0 and 1"):

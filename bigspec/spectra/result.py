@@ -125,7 +125,7 @@ class SpectrumResult(ResultMixin):
         """
         from ..validate import check_probabilities
 
-        q = check_probabilities(q, "quantiles")
+        q = check_probabilities(q, "quantiles(q)")
         if self.table is not None:
             v, w = self.table
             return v[np.clip(np.searchsorted(np.cumsum(w), q, side="left"), 0, v.size - 1)]
@@ -205,7 +205,7 @@ class SpectrumResult(ResultMixin):
         from ..errors import ArgumentError
         from ..validate import check_level, check_probabilities
 
-        p = check_probabilities(p, "quantile intervals")
+        p = check_probabilities(p, "quantile_intervals(p)")
         level = check_level(level)
         if self.settings.get("regime") != "kernel" or self.nested is None:
             raise ArgumentError(
