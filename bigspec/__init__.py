@@ -64,6 +64,8 @@ _lazy = {
     "EstimateResult": "bigspec.determinant.estimate",
     "kernels": "bigspec.kernels",
     "SpectrumResult": "bigspec.spectra.result",
+    "calibrate": "bigspec.perfmodel",
+    "MachineProfile": "bigspec.perfmodel",
 }
 
 __all__ = sorted([*_lazy, "form", "logdet", "plan_logdet", "slogdet", "spectrum", "free_decompress", "BackendUnavailableError",

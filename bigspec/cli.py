@@ -304,7 +304,7 @@ def _format_info(out: dict) -> str:
     from dask.utils import format_bytes
 
     rows = [("bigspec", out["version"]), ("cpus", out["cpus"]), ("memory", format_bytes(out["memory"])),
-            ("config", "  ".join(f"{k}={v}" for k, v in out["config"].items()))]
+            ("config", "  ".join(f"{k}={_config_value(k, v)}" for k, v in out["config"].items()))]
     arr = out.get("array")
     if arr:
         rows += [(arr["kind"], arr["path"]),
@@ -318,6 +318,13 @@ def _format_info(out: dict) -> str:
     rows += _store_rows(out.get("store")) + _cluster_rows(out.get("cluster"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _config_value(key, value):
+    """A config value as ``bigspec info`` shows it (the calibration by where and when it was measured)."""
+    if key == "calibration" and isinstance(value, dict):
+        return f"<{value.get('description') or 'measured'}: bigspec calibrate>"
+    return value
 
 
 def _store_rows(st: dict | None) -> list:
@@ -420,8 +427,11 @@ class _LogdetCommand(click.Command):
 @click.option("--checkpoint/--no-checkpoint", default=None,
               help="Exact: keep the factor in the store to resume (default: when out of core).")
 @click.option("--overwrite", is_flag=True, default=None, help="Exact: replace a factorization made with other settings.")
-@click.option("--dry-run", is_flag=True, default=None, help="Exact: print tasks, flops, bytes and peak memory; compute "
-                                                           "nothing.")
+@click.option("--dry-run", is_flag=True, default=None, help="Exact: print tasks, flops, bytes, peak memory and the "
+                                                           "predicted seconds; compute nothing.")
+@click.option("--profile", default=None, metavar="NAME|FILE",
+              help="With --dry-run: predict the seconds on this machine profile: calibrated (`bigspec calibrate`), "
+                   "h100, cpu-node, or a YAML file of rates (default: the calibrated one, if any).")
 @click.option("--sample-size", type=int, default=None, help="flodance: samples per ladder; spectrum: rows per sample.")
 @click.option("--ladders", "n_ladders", type=int, default=None, help="flodance: independent ladders (default: up to 8).")
 @click.option("--samples", "n_samples", type=int, default=None, help="spectrum: disjoint samples (default 4).")
@@ -439,9 +449,9 @@ class _LogdetCommand(click.Command):
 @cluster_options
 @click.pass_context
 def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, scale, triangle, missing_chunks,
-           checkpoint, overwrite, dry_run, sample_size, n_ladders, n_samples, probes, lanczos_steps, reorthogonalize,
-           seed, cross_check, pseudo_tol, plot_path, as_json, scheduler, scheduler_file, workers, threads, memory_limit,
-           gpu, progress):
+           checkpoint, overwrite, dry_run, profile, sample_size, n_ladders, n_samples, probes, lanczos_steps,
+           reorthogonalize, seed, cross_check, pseudo_tol, plot_path, as_json, scheduler, scheduler_file, workers,
+           threads, memory_limit, gpu, progress):
     """Log-determinant of MATRIX (a store, a .npy file or a zarr array): exact by tiled LDL^T / Cholesky (out of
     core), or estimated (--method flodance / slq / spectrum; flodance and spectrum also from --kernel and --data
     without forming the matrix)."""
@@ -479,6 +489,7 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
     # every argument is checked before a cluster starts
     check_memory(memory)
     check_scale(scale)
+    machine = _profile_for_dry_run(profile, dry_run)
     if plot_path:
         _check_plot_path(plot_path, overwrite)
     if tile_size is not None:
@@ -491,6 +502,10 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
     if dry_run:
         with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
             plan = run_logdet(source, client=client, **kwargs)
+        if machine is not None:
+            import dataclasses
+
+            plan = dataclasses.replace(plan, profile=machine)
         _emit(plan.summary() if as_json else plan.describe("cli"), as_json)
         return
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
@@ -752,6 +767,17 @@ def _step_text(step: str, r: dict, summary: dict, status: str | None = None) -> 
             f"regime {(res.get('settings') or {}).get('regime')}{took}")
 
 
+def _profile_for_dry_run(profile, dry_run):
+    """The machine profile of ``--profile`` (None: the default), checked before any cluster starts."""
+    if profile is None:
+        return None
+    if not dry_run:
+        raise click.UsageError("--profile predicts the seconds of a plan: use it with --dry-run")
+    from .perfmodel import resolve_profile
+
+    return resolve_profile(profile)
+
+
 def _check_plot_path(path, overwrite):
     """A --plot file is the user's: never replaced without --overwrite; its format must be one matplotlib writes."""
     import os
@@ -828,10 +854,15 @@ class _FormCommand(click.Command):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data permutation.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the data order (leading blocks are then not random samples).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (one of the same kernel and data resumes).")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the tiles and entries to form, the bytes to "
+                                              "write and the predicted seconds; write nothing.")
+@click.option("--profile", default=None, metavar="NAME|FILE",
+              help="With --dry-run: predict the seconds on this machine profile: calibrated (`bigspec calibrate`), "
+                   "h100, cpu-node, or a YAML file of rates (default: the calibrated one, if any).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @cluster_options
 @click.pass_context
-def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, overwrite, as_json,
+def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, overwrite, dry_run, profile, as_json,
          scheduler, scheduler_file, workers, threads, memory_limit, gpu, progress):
     """Form the KERNEL matrix of DATA (.npy or Zarr) into STORE, one task per lower tile."""
     import time
@@ -840,6 +871,14 @@ def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, o
     from .kernels import get_kernel
 
     kernel_obj = get_kernel(kernel, **_parse_params(params, ctx.args))  # bad names fail before any cluster
+    machine = _profile_for_dry_run(profile, dry_run)
+    if dry_run:
+        with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
+            plan = run_form(kernel_obj, data, store, tile_size=tile_size, dtype=dtype, seed=seed,
+                            shuffle=not no_shuffle, client=client, overwrite=overwrite,
+                            device="gpu" if gpu else "cpu", progress=False, dry_run=True, profile=machine)
+        _emit(plan.summary() if as_json else plan.describe("cli") + "\nnothing was written (--dry-run)", as_json)
+        return
     t0 = time.perf_counter()
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
         ms = run_form(kernel_obj, data, store, tile_size=tile_size, dtype=dtype, seed=seed,
@@ -854,6 +893,84 @@ def form(ctx, kernel, data, store, tile_size, params, dtype, seed, no_shuffle, o
     else:
         click.echo(f"formed {ms} ({summary['formed_tiles']} of {summary['tiles']} tiles now, "
                    f"{summary['seconds']:.1f} s)")
+
+
+@cli.command()
+@click.option("--tile-size", type=int, default=None, help="Tile edge of the measurements (default from config).")
+@click.option("--quick", is_flag=True, help="A smoke test: tiny sizes, a few seconds (rates not of this machine).")
+@click.option("--profile", "named", default=None, metavar="NAME|FILE",
+              help="Keep this machine profile instead of measuring one: h100 or cpu-node (published peaks), or a "
+                   "YAML file of rates.")
+@click.option("--store-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Measure the store bandwidth in this directory, on the storage your stores live on (default: "
+                   "the temporary directory).")
+@click.option("--overwrite", is_flag=True, help="Replace the profile file that exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@cluster_options
+def calibrate(tile_size, quick, named, store_dir, overwrite, as_json, scheduler, scheduler_file, workers, threads,
+              memory_limit, gpu, progress):
+    """Measure this machine's rates (GEMM, potrf, sytrf, store bandwidth, scheduler overhead, kernel formation) and
+    keep them in the dask config, so that --dry-run plans predict seconds and name the bottleneck.
+
+    The rates go to bigspec-profile.yaml in the dask config directory ($DASK_CONFIG, else ~/.config/dask); an
+    existing file is replaced only with --overwrite. The BLAS, store and formation rates are measured in this
+    process (as Dask's threaded scheduler runs tasks); the scheduler's overhead per task and the bandwidth between
+    workers on the cluster (a local cluster by default, or --scheduler). For a remote cluster, run it on one of
+    its nodes. --profile keeps a published-peak profile (or a file of rates) as the default instead.
+    """
+    from .perfmodel import calibrate as run_calibrate
+    from .perfmodel import profile_path, resolve_profile, save_profile, check_profile_writable
+
+    path = profile_path()
+    check_profile_writable(path, overwrite)                      # before anything is measured
+    if named is not None:
+        machine = resolve_profile(named)
+        save_profile(named, overwrite=overwrite, path=path)
+        _emit(machine.to_dict() if as_json else f"plans now use {machine.label()}: wrote {path}", as_json)
+        return
+    if tile_size is not None:
+        from .store import check_tile_size
+
+        check_tile_size(tile_size)
+    # the tile kernels' BLAS loads before a local cluster starts: its nannies set OMP/OPENBLAS_NUM_THREADS=1 in
+    # this process, and a BLAS loaded after that would be measured on one thread, not as bigspec.logdet runs
+    from .determinant import tiles  # noqa: F401
+
+    with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
+        machine = run_calibrate(tile_size=tile_size, client=client, quick=quick, store_dir=store_dir,
+                                overwrite=overwrite)
+    if as_json:
+        _emit({"path": path, **machine.to_dict()}, True)
+        return
+    click.echo(_format_profile(machine))
+    click.echo(f"wrote {path}: plans (--dry-run, bigspec.plan_logdet) now predict with it", err=True)
+
+
+def _format_profile(p) -> str:
+    """A machine profile as aligned rows of rates."""
+    from dask.utils import format_bytes
+
+    def rate(x, unit="flop/s"):
+        return "-" if x is None else f"{x / 1e9:.3g} G{unit}"
+
+    def bw(x):
+        return "-" if x is None else f"{format_bytes(int(x))}/s"
+
+    def us(x):
+        return "-" if x is None else f"{x * 1e6:.3g} us"
+
+    rows = [("profile", p.label()), ("tile size", f"{p.tile_size} ({p.threads} task threads)"),
+            ("gemm", rate(p.gemm) + " per thread"), ("potrf", rate(p.potrf) + " per thread"),
+            ("sytrf", rate(p.sytrf) + " per thread"),
+            *[(f"potrf {rows}", f"{rate(r)} per thread (alone)") for rows, r in sorted(p.potrf_blocks)],
+            ("store read", bw(p.store_read)), ("store write", bw(p.store_write)),
+            ("task overhead", f"{us(p.task_overhead)} threaded, {us(p.task_overhead_distributed)} distributed"),
+            ("network", bw(p.network)), ("host-device", bw(p.host_device))]
+    rows += [(f"form {k}", f"{v * 1e9:.3g} ns per entry per thread" + (" per layer" if k == "relu" else ""))
+             for k, v in p.formation.items()]
+    rows.append(("form ntk", rate(p.ntk) + " per thread (J J^T)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 @cli.command()

@@ -39,7 +39,8 @@ FLAGS = {"tile_size": "--tile-size", "memory": "--memory", "method": "--method",
          "sample_size": "--sample-size", "n_samples": "--samples", "size": "--size", "degree": "--degree",
          "regime": "--regime", "progress": "--progress", "dtype": "--dtype", "device": "--gpu",
          "n_ladders": "--ladders", "probes": "--probes", "lanczos_steps": "--lanczos-steps",
-         "reorthogonalize": "--reorthogonalize", "pseudo_tol": "--pseudo-tol", "kernel": "--kernel", "X": "--data"}
+         "reorthogonalize": "--reorthogonalize", "pseudo_tol": "--pseudo-tol", "kernel": "--kernel", "X": "--data",
+         "profile": "--profile", "quick": "--quick"}
 _NO = object()
 
 

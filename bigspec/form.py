@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -82,7 +83,8 @@ def form_tile(kernel, data, matrix, i, j, rows, cols, dtype, device):
 
 
 def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=True, client=None,
-         overwrite=False, device="cpu", progress=None, storage_options=None, **kernel_params) -> MatrixStore:
+         overwrite=False, device="cpu", progress=None, storage_options=None, dry_run=False, profile=None,
+         **kernel_params) -> MatrixStore:
     """Form the kernel matrix of ``X`` into a new (or unfinished) store, one task per lower tile.
 
     Parameters
@@ -116,12 +118,20 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
         Progress bar (default: on a terminal).
     storage_options : dict, optional
         fsspec options for a URL ``store``.
+    dry_run : bool
+        Check everything (kernel, data, tile size, what is at ``store``) and return the
+        :class:`FormPlan` (tiles and entries to form, bytes to write, predicted seconds and
+        bottleneck); nothing is written.
+    profile : str, dict, path or MachineProfile, optional
+        With ``dry_run``: the machine whose rates predict the seconds
+        (:func:`bigspec.perfmodel.resolve_profile`; default: the dask config's, else the
+        calibrated one).
     **kernel_params
         Parameters of a kernel given by name (``nu=1.5``, ``depth=3``...).
 
     Returns
     -------
-    MatrixStore
+    MatrixStore or FormPlan
 
     Raises
     ------
@@ -142,6 +152,9 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     ...                  lengthscale=0.5, overwrite=True)
     >>> K.n, K.attrs["kernel"]["name"]
     (50, 'matern')
+    >>> plan = bigspec.form("rbf", X, "memory://doc-form-plan.zarr", tile_size=16, dry_run=True)
+    >>> plan.tiles_to_form, plan.entries, plan.bytes_written
+    (10, 1636, 13088)
     """
     from .cluster import require_visible, resolve_client, resources
     from .progress import want_progress
@@ -150,6 +163,15 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     from .validate import check_flag, check_seed
 
     overwrite, shuffle = check_flag(overwrite, "overwrite"), check_flag(shuffle, "shuffle")
+    dry_run = check_flag(dry_run, "dry_run")
+    if profile is not None:
+        from .perfmodel import resolve_profile
+
+        if not dry_run:
+            from .errors import ArgumentError
+
+            raise ArgumentError(f"{arg('profile')} predicts the seconds of a plan: give it with {arg('dry_run', True)}")
+        profile = resolve_profile(profile)
     seed = check_seed(seed)
     want_progress(progress)
     client = resolve_client(client)
@@ -182,6 +204,10 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     digest = hashlib.sha1(data.tobytes()).hexdigest()
     meta = {"kernel": k.spec(), "permutation": {"seed": int(seed), "shuffle": bool(shuffle)},
             "data_sha1": digest, "n_samples": n_samples, "source": "form"}
+
+    if dry_run:
+        return _plan(store, storage_options, overwrite, N, b, dtype, meta, X_origin, X, k, n_workers, threads,
+                     client is not None, profile)
 
     from .lease import hold
 
@@ -221,13 +247,15 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     return ms
 
 
-def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per, inputs=()):
-    from .storage import check_not_input, contents, locate, open_group, prepare_target
-    from .store import MatrixStore, create_matrix
+def _existing(store, storage_options, overwrite, N, b, dtype, meta, inputs=(), mode="r+"):
+    """The unfinished store of the same matrix at ``store`` (to resume), or None where a new one is
+    written; StoreExistsError where another matrix is there and ``overwrite`` is not given."""
+    from .storage import check_not_input, contents, locate, open_group
+    from .store import MatrixStore
 
     check_not_input(locate(store, storage_options), inputs)
     if contents(store, storage_options).kind == "bigspec" and not overwrite:
-        ms = MatrixStore(open_group(store, "r+", storage_options))
+        ms = MatrixStore(open_group(store, mode, storage_options))
         old = ms.attrs
         theirs = {"kernel": old.get("kernel"), "data": old.get("data_sha1"), "order": old.get("permutation"),
                   "tile_size": ms.tile_size, "dtype": str(ms.dtype), "rows": ms.n}
@@ -251,6 +279,16 @@ def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, 
             raise StoreExistsError(
                 f"a matrix store of another matrix already exists at {ms.url} ({diff}); pass "
                 f"{arg('overwrite', True)} to replace it, or choose another path", store=ms.url, differ=differ)
+        return ms
+    return None
+
+
+def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, perm, per, inputs=()):
+    from .storage import prepare_target
+    from .store import create_matrix
+
+    ms = _existing(store, storage_options, overwrite, N, b, dtype, meta, inputs)
+    if ms is not None:
         logger.info("resuming %s: %d tiles already written", ms.url, len(ms.written_tiles()))
         return ms
     group = prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=inputs)
@@ -265,10 +303,100 @@ def _open_or_create(store, storage_options, overwrite, N, b, dtype, meta, data, 
     return ms
 
 
+@dataclass(frozen=True)
+class FormPlan:
+    """What :func:`form` would do (``dry_run=True``, ``bigspec form --dry-run``): the tiles and
+    entries it would form, the bytes it would write, and the predicted seconds; nothing is written.
+
+    Its ``repr`` is the report; ``summary()`` the numbers as a dict (``--dry-run --json``).
+    """
+
+    store: str
+    kernel: dict                  # the kernel's spec: name, params, n_outputs
+    n: int                        # matrix rows
+    n_samples: int
+    features: int                 # numbers per data point
+    tile_size: int
+    dtype: str
+    tiles: int                    # tiles of the store (the lower triangle)
+    tiles_to_form: int            # those not yet written (all of them for a new store)
+    entries: int                  # matrix entries of the tiles to form
+    bytes_written: int
+    workers: int
+    threads: int
+    distributed: bool = False
+    action: str = "new"           # "new", "resume" or "replace" (overwrite)
+    profile: object = field(default=None, compare=False, repr=False)
+
+    def summary(self) -> dict:
+        """The plan's numbers, with the prediction (see :func:`bigspec.perfmodel.predict`)."""
+        from .perfmodel import form_prediction
+
+        counts = {"verb": "form", "store": self.store, "kernel": self.kernel, "n": self.n,
+                  "n_samples": self.n_samples, "features": self.features, "tile_size": self.tile_size,
+                  "dtype": self.dtype, "tiles": self.tiles, "tiles_to_form": self.tiles_to_form,
+                  "tasks": self.tiles_to_form, "entries": self.entries, "bytes_written": self.bytes_written,
+                  "workers": self.workers, "threads": self.threads, "distributed": self.distributed,
+                  "action": self.action}
+        return {**counts, **form_prediction(self.profile, counts)}
+
+    def to_dict(self) -> dict:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def describe(self, interface: str = "python") -> str:
+        """The plan in words (what ``bigspec form --dry-run`` prints)."""
+        from dask.utils import format_bytes
+
+        from .errors import render
+        from .perfmodel import describe_summary
+
+        s = self.summary()
+        k = self.kernel
+        params = ", ".join(f"{key}={v}" for key, v in (k.get("params") or {}).items())
+        what = {"new": "a new store", "resume": f"resuming: {self.tiles - self.tiles_to_form} of {self.tiles} tiles "
+                                                "are written", "replace": f"replacing what is there ({arg('overwrite', True)})"}
+        lines = [f"form plan: {k.get('name')} ({params}) of {self.n_samples} samples x {self.features} features "
+                 f"into {self.store} ({what[self.action]})",
+                 f"  matrix: {self.n} x {self.n} {self.dtype}, tiles of {self.tile_size}: {self.tiles_to_form} of "
+                 f"{self.tiles} lower tiles to form, {self.entries:.4g} entries",
+                 f"  written: {format_bytes(self.bytes_written)}; {self.workers} workers, {self.threads} threads",
+                 f"  {describe_summary(s)}"]
+        return render("\n".join(lines), interface)
+
+
+def _plan(store, storage_options, overwrite, N, b, dtype, meta, X_origin, X, k, workers, threads, distributed,
+          profile) -> FormPlan:
+    """The :class:`FormPlan` of a dry run: the same checks of ``store`` as :func:`form`, nothing written."""
+    from .storage import locate, prepare_target
+    from .perfmodel import form_entries
+
+    ms = _existing(store, storage_options, overwrite, N, b, dtype, meta, [X_origin], mode="r")
+    nt = -(-N // b)
+    every = [(i, j) for i in range(nt) for j in range(i + 1)]
+    if ms is not None:
+        todo, action = ms.missing_tiles(), "resume"
+    else:
+        from .storage import contents
+
+        found = contents(store, storage_options).kind
+        prepare_target(store, overwrite=overwrite, storage_options=storage_options, inputs=[X_origin], dry_run=True)
+        todo, action = every, ("replace" if found in ("bigspec", "zarr", "other") else "new")
+    entries = form_entries(N, b, todo)
+    features = int(np.prod(X.shape[1:]))
+    return FormPlan(store=locate(store, storage_options).url, kernel=meta["kernel"], n=N,
+                    n_samples=int(X.shape[0]), features=features, tile_size=b, dtype=np.dtype(dtype).name,
+                    tiles=len(every), tiles_to_form=len(todo), entries=entries,
+                    bytes_written=entries * np.dtype(dtype).itemsize, workers=workers, threads=threads,
+                    distributed=distributed, action=action, profile=profile)
+
+
 def kron_outputs(ms) -> int:
     """d when the store holds K of a Kronecker kernel K (x) I_d (else 1)."""
     spec = ms.attrs.get("kernel") or {}
     return int(spec.get("n_outputs", 1)) if spec.get("kron_identity") else 1
 
 
-__all__ = ["form", "permutation", "kron_outputs"]
+__all__ = ["form", "FormPlan", "permutation", "kron_outputs"]

@@ -283,13 +283,14 @@ def _sibling(loc: Location) -> str:
 
 
 def prepare_target(store, *, overwrite: bool = False, storage_options: dict | None = None,
-                   inputs=(), what: str = "store", flag: str | None = None) -> zarr.Group:
+                   inputs=(), what: str = "store", flag: str | None = None, dry_run: bool = False) -> zarr.Group:
     """An empty zarr group at ``store``, ready for a new matrix store.
 
     A missing or empty target is created. A bigspec store, other zarr data or other files
     are replaced only with ``overwrite=True``, and then listed in an
     :class:`~bigspec.errors.OverwriteWarning` before they are deleted. A target
     that is, holds or lies inside one of ``inputs`` is refused whatever ``overwrite`` says.
+    ``dry_run``: only the checks (the same errors); nothing is deleted or created, None is returned.
 
     Raises
     ------
@@ -320,10 +321,14 @@ def prepare_target(store, *, overwrite: bool = False, storage_options: dict | No
                 f"{_sibling(loc) if found.kind == 'bigspec' else posixpath.join(loc.url.rstrip('/'), 'K.zarr')}"
                 f", or pass {flag} to delete {'it' if found.kind == 'bigspec' else 'all of it'} and write there",
                 store=loc.url, kind=found.kind)
+        if dry_run:
+            return None
         what_is = "the bigspec store" if found.kind == "bigspec" else "what is not a bigspec store"
         warnings.warn(f"{flag}: deleting {found.count} entr{'y' if found.count == 1 else 'ies'} at "
                       f"{loc.url}, {what_is}: {listing}", OverwriteWarning, stacklevel=3)
         _delete(loc)
+    if dry_run:
+        return None
     if loc.protocol is None:
         return loc.target
     return open_group(store, "w", storage_options)

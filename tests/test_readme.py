@@ -120,7 +120,7 @@ def test_cli_block(tmp_path, monkeypatch, capsys):
         for j in range(i, 3):
             U[200 * i:200 * i + 200, 200 * j:200 * j + 200] = A[200 * i:200 * i + 200, 200 * j:200 * j + 200]
     lines = cli_lines()
-    assert len(lines) == 10
+    assert len(lines) == 12
     outputs = {}
     for line in lines:
         words = shlex.split(line)
@@ -140,3 +140,5 @@ def test_cli_block(tmp_path, monkeypatch, capsys):
     est = json.loads(next(v for k, v in outputs.items() if "--method flodance --sample-size 500 --shift" in k))
     assert est["method"] == "flodance" and est["interval"][0] < est["logabsdet"] < est["interval"][1]
     assert Path("fl.png").stat().st_size > 0
+    assert not Path("r.zarr").exists()                      # form --dry-run wrote nothing
+    assert "predicted:" in next(v for k, v in outputs.items() if "--profile h100" in k)

@@ -317,7 +317,7 @@ def slogdet(A, **kwargs) -> tuple[int, float]:
 
 def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, scale=1.0, client=None,
                 checkpoint=None, overwrite=False, storage_options=None, triangle=None, missing_chunks="error", n=None,
-                dtype="float64", workers=1, threads=1, device="cpu"):
+                dtype="float64", workers=1, threads=1, device="cpu", profile=None):
     """Plan the exact log-determinant of ``scale * A + diag(shift)`` without computing it.
 
     Planning is a verb of its own (as opt_einsum's ``contract_path`` is for ``contract``):
@@ -359,6 +359,11 @@ def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, 
     device : {"cpu", "gpu"}, default "cpu"
         Where the tiles are factored; it sets the default task granularity
         (``bigspec.task-granularity``: coarse "panel" tasks on GPU workers).
+    profile : str, dict, path or MachineProfile, optional
+        The machine whose rates predict the plan's seconds (:mod:`bigspec.perfmodel`):
+        ``"calibrated"`` (measured here by ``bigspec calibrate``), a published-peak profile
+        (``"h100"``, ``"cpu-node"``), a YAML file or dict of rates. Default: the dask config's
+        ``bigspec.profile``, else the calibrated one if any (uncalibrated: no prediction).
 
     Returns
     -------
@@ -394,18 +399,23 @@ def plan_logdet(A=None, *, method=None, memory=None, tile_size=None, shift=0.0, 
     >>> big.n_panels, round(big.summary()["bytes_read_factor"] / big.summary()["reread_bound"], 2) <= 1.5
     (4, True)
     """
+    import dataclasses
+
+    from ..perfmodel import resolve_profile
     from .exact import plan_logdet as plan_exact
 
+    machine = resolve_profile(profile) if profile is not None else None   # a bad profile fails before planning
     if A is None:
-        return _plan_without_data(n, method, memory, tile_size, dtype, workers, threads, device)
-    if n is not None:
+        plan = _plan_without_data(n, method, memory, tile_size, dtype, workers, threads, device)
+    elif n is not None:
         from ..errors import ArgumentError
 
         raise ArgumentError("plan_logdet takes the matrix A or its order n (to plan without data), not both")
-
-    return plan_exact(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale, client=client,
-                      checkpoint=checkpoint, overwrite=overwrite, storage_options=storage_options, triangle=triangle,
-                      missing_chunks=missing_chunks, device=device)
+    else:
+        plan = plan_exact(A, method=method, memory=memory, tile_size=tile_size, shift=shift, scale=scale,
+                          client=client, checkpoint=checkpoint, overwrite=overwrite, storage_options=storage_options,
+                          triangle=triangle, missing_chunks=missing_chunks, device=device)
+    return plan if machine is None else dataclasses.replace(plan, profile=machine)
 
 
 def _plan_without_data(n, method, memory, tile_size, dtype, workers, threads, device="cpu"):

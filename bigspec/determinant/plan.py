@@ -50,6 +50,9 @@ class Plan:
     max_tasks: int = 100_000            # bigspec.max-graph-tasks when planned
     update_tiles: int = 1               # earlier tile columns per left-looking update task
     granularity: str = "block"          # "tile", "block" or "panel" (see GRANULARITIES)
+    #: the machine profile its predicted seconds use (:func:`bigspec.perfmodel.resolve_profile`; None: the
+    #: dask config's when the summary is first made)
+    profile: object = field(default=None, compare=False, repr=False)
 
     @property
     def n_tiles(self) -> int:
@@ -129,8 +132,8 @@ class Plan:
         total = sum(self.panel_costs, Cost())
         peak = max((self.panel_memory(k0, k1) + self.group_memory(k0, k1) for k0, k1 in self.panels), default=0)
         largest = max((c.tasks for c in self.panel_costs), default=0)
-        return {
-            "n": self.n, "tile_size": self.tile_size, "method": self.method, "tiles": self.n_tiles,
+        counts = {
+            "verb": "logdet", "n": self.n, "tile_size": self.tile_size, "method": self.method, "tiles": self.n_tiles,
             "super_panels": self.n_panels, "panel_width": self.panel_width,
             "resume_from_column": self.start_column,
             "tasks": total.tasks, "largest_graph_tasks": largest,
@@ -140,7 +143,12 @@ class Plan:
             "budget": self.budget, "peak_memory": peak,
             "peak_memory_per_worker": peak // max(self.workers, 1),
             "workers": self.workers, "threads": self.threads,
+            "granularity": self.granularity, "update_span_tiles": self.update_tiles,
         }
+        from .. import perfmodel
+
+        counts.update(perfmodel.plan_prediction(self, counts))
+        return counts
 
     def __repr__(self) -> str:
         return self.describe()
@@ -156,6 +164,8 @@ class Plan:
         return render(self._describe(), interface)
 
     def _describe(self) -> str:
+        from ..perfmodel import describe_summary
+
         s = self.summary()
         if not self.panels and self.start_column >= self.n_tiles:
             return (f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}\n"
@@ -165,7 +175,9 @@ class Plan:
             f"exact logdet plan: n={s['n']}, tile_size={s['tile_size']}, method={s['method']}",
             f"  super-panels: {s['super_panels']} of width {s['panel_width']}"
             + (f" (resuming at tile column {s['resume_from_column']})" if s["resume_from_column"] else ""),
-            f"  tasks: {s['tasks']}" + (f" (the largest graph, {s['largest_graph_tasks']}, is above "
+            f"  tasks: {s['tasks']}, {self.granularity} granularity (bigspec.task-granularity)"
+            + (f", left-looking updates over spans of {self.update_tiles} tile columns" if self.update_tiles > 1 else "")
+            + (f" (the largest graph, {s['largest_graph_tasks']}, is above "
                                        f"bigspec.max-graph-tasks = {self.max_tasks}: the whole matrix fits "
                                        f"in memory, so it is one super-panel)"
                                        if s["largest_graph_tasks"] > self.max_tasks else ""),
@@ -178,6 +190,7 @@ class Plan:
             f"  peak memory: {format_bytes(s['peak_memory'])} in all, "
             f"{format_bytes(s['peak_memory_per_worker'])} per worker ({s['workers']} workers, "
             f"{s['threads']} threads); budget {format_bytes(s['budget'])}",
+            f"  {describe_summary(s)}",
         ])
 
 

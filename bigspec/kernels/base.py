@@ -81,7 +81,7 @@ RESERVED_PARAMETERS = frozenset({
     "progress", "storage_options", "sample_size", "n_samples", "size", "support", "degree", "damping", "glue",
     "grid", "delta", "atom_tol", "regime", "shift", "scale", "method", "memory", "checkpoint", "dry_run",
     "triangle", "missing_chunks", "source", "eigenvalues", "params", "n_ladders", "pseudo_tol", "probes",
-    "lanczos_steps", "reorthogonalize", "cross_check", "plan",
+    "lanczos_steps", "reorthogonalize", "cross_check", "plan", "profile",
 })
 
 
