@@ -73,14 +73,24 @@ def resolve_client(client=None):
     return client
 
 
+#: seconds a computation waits for a first worker to join a cluster that has none yet
+JOIN_WAIT = 30.0
+
+
 def resources(client=None) -> tuple[int, int, int | None]:
     """(workers, total threads, total worker memory limit in bytes or None)."""
     if client is None:
         return 1, os.cpu_count() or 1, None
     info = workers_info(client)
+    if not info:   # workers may still be joining (a LocalCluster under load, a worker restarting)
+        try:
+            client.wait_for_workers(1, timeout=JOIN_WAIT)
+        except TimeoutError:
+            pass
+        info = workers_info(client)
     if not info:
-        raise ClusterError(f"the Dask cluster at {client.scheduler.address} has no workers; start some "
-                           f"(dask worker {client.scheduler.address})")
+        raise ClusterError(f"the Dask cluster at {client.scheduler.address} has no workers (none joined within "
+                           f"{JOIN_WAIT:.0f} s); start some (dask worker {client.scheduler.address})")
     threads = sum(w["nthreads"] for w in info.values())
     limits = [w.get("memory_limit") or 0 for w in info.values()]
     memory = sum(limits) if all(limits) else None

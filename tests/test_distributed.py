@@ -59,3 +59,17 @@ def test_results_do_not_depend_on_workers_or_budget(tmp_path):
         r3 = bigspec.logdet(ms, method="cholesky", client=client, checkpoint=False)
     assert r2.super_panels > 1
     np.testing.assert_allclose([r1.logabsdet, r2.logabsdet, r3.logabsdet], np.linalg.slogdet(A)[1], rtol=1e-12)
+
+
+def test_a_cluster_whose_workers_are_still_joining_is_waited_for(monkeypatch):
+    """No worker yet: resources() waits up to JOIN_WAIT for one to join, then refuses clearly."""
+    import bigspec.cluster as cluster
+
+    monkeypatch.setattr(cluster, "JOIN_WAIT", 1.0)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as lc, Client(lc) as client:
+        with pytest.raises(bigspec.ClusterError, match=r"has no workers \(none joined within 1 s\)"):
+            cluster.resources(client)
+        monkeypatch.setattr(cluster, "JOIN_WAIT", 60.0)
+        lc.scale(1)                                 # joins asynchronously: resources() waits for it
+        workers, threads, _ = cluster.resources(client)
+        assert workers == 1 and threads >= 1
