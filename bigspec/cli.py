@@ -932,13 +932,15 @@ def calibrate(tile_size, quick, named, store_dir, overwrite, as_json, scheduler,
         from .store import check_tile_size
 
         check_tile_size(tile_size)
-    # the tile kernels' BLAS loads before a local cluster starts: its nannies set OMP/OPENBLAS_NUM_THREADS=1 in
-    # this process, and a BLAS loaded after that would be measured on one thread, not as bigspec.logdet runs
-    from .determinant import tiles  # noqa: F401
+    from .perfmodel import calibrate_cluster
 
+    # this machine first, on the threaded scheduler, before a local cluster starts (its nannies set
+    # OMP/OPENBLAS_NUM_THREADS=1 in this process, and a BLAS loaded after that would run on one thread);
+    # then the cluster's scheduler, transfers and efficiency
+    machine = run_calibrate(tile_size=tile_size, quick=quick, store_dir=store_dir, save=False)
     with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
-        machine = run_calibrate(tile_size=tile_size, client=client, quick=quick, store_dir=store_dir,
-                                overwrite=overwrite)
+        machine = calibrate_cluster(machine, client, quick=quick, store_dir=store_dir, save=True,
+                                    overwrite=overwrite)
     if as_json:
         _emit({"path": path, **machine.to_dict()}, True)
         return
@@ -965,7 +967,10 @@ def _format_profile(p) -> str:
             *[(f"potrf {rows}", f"{rate(r)} per thread (alone)") for rows, r in sorted(p.potrf_blocks)],
             ("store read", bw(p.store_read)), ("store write", bw(p.store_write)),
             ("task overhead", f"{us(p.task_overhead)} threaded, {us(p.task_overhead_distributed)} distributed"),
-            ("network", bw(p.network)), ("host-device", bw(p.host_device))]
+            ("network", bw(p.network)), ("host-device", bw(p.host_device)),
+            ("efficiency", f"{p.graph_efficiency:.2f} threaded, "
+                           + ("-" if p.graph_efficiency_distributed is None else f"{p.graph_efficiency_distributed:.2f}")
+                           + " distributed (a factorization's seconds over its parts')")]
     rows += [(f"form {k}", f"{v * 1e9:.3g} ns per entry per thread" + (" per layer" if k == "relu" else ""))
              for k, v in p.formation.items()]
     rows.append(("form ntk", rate(p.ntk) + " per thread (J J^T)"))

@@ -9,25 +9,30 @@ the two into seconds, term by term, and names the bottleneck.
 
 The model (a roofline in the sense of Williams, Waterman & Patterson 2009, "Roofline: an
 insightful visual performance model for multicore architectures", CACM 52(4), with the
-per-task cost of a task scheduler added as its own term): for each super-panel ``p``,
+per-task cost of a task scheduler added as its own term) sums, over the plan's super-panels
+``p`` (each its own graph, run one after the other),
 
-    compute_p  = (flops_p - factor_p) / (threads * gemm) + factor_p / (t_w * rate(P_p))
-    store_p    = read_p / store_read + written_p / store_write
-    network_p  = (1 - 1/workers) * moved_p / (workers * network)
-    device_p   = (read_p + written_p) / (workers * host_device)              (GPU workers)
-    seconds    = sum_p (compute_p + store_p + network_p + device_p) + tasks * overhead
+    compute_p    = gemm_p / (T * gemm(b)) + solve_p / (T * trsm(b)) + factor_p
+    store_p      = read_p / store_read + written_p / store_write
+    network_p    = (1 - 1/W) * 12 * (flops_p - factor flops_p) / b / (W * network)
+    device_p     = (read_p + written_p) / (W * host_device)                 (GPU workers)
+    scheduling_p = tasks_p * overhead(threaded or distributed)
 
-``factor_p`` are the flops of the panel's diagonal blocks (potrf for Cholesky, sytrf for
-LDL^T; ``P_p`` rows each), factored by one task with the ``t_w`` BLAS threads of its worker,
-at a rate interpolated (in log P) between the tile-sized rate and the rate of a
-``block-size`` factorization; ``moved_p`` the bytes a task may fetch from another worker (the
-panel's reads, re-reads and writes: each tile crosses the network at most once per use).
-The terms are added, not overlapped: on a CPU node the store is the page cache or a local
-disk, whose copies take the same cores as the BLAS calls, and the schedulers run a task at a
-time per thread. This form was chosen by validation against measured runs
-(``bench/perf_model.py``): the overlapped form (the largest of compute and I/O) predicted
-the out-of-core runs too fast. Forming a kernel matrix is modelled the same way, with
-``entries * cost-per-entry / threads`` as its compute term.
+with ``T`` task threads in all (on the threaded scheduler at least the profile's: BLAS gets the
+cores fewer task threads leave), ``W`` workers and tiles of ``b`` rows. Of a panel's flops
+(counted by its graph), ``solve_p`` are the solves of the rows below each diagonal block
+(``P^2`` flops a row), ``factor_p`` the time of the diagonal blocks (potrf, or sytrf for
+LDL^T): a tile's on the threads like the other tile kernels, a wider Cholesky block as one
+LAPACK call on one worker (:meth:`MachineProfile.factor_seconds`), and the rest are GEMMs.
+Tile rates are interpolated in the tile size between the calibrated ones. On a cluster each
+tile kernel's inputs (three tiles per ``2 b^3`` flops of an update) are on another worker
+with probability ``1 - 1/W``, and a worker waits for them at the rate ``network``. The terms
+are added, not overlapped: on a CPU node the store is the page cache or a local disk whose
+copies take the same cores as the BLAS calls, and a worker waits for a task's inputs before
+it runs it. The form was chosen by validation against measured runs (``bench/perf_model.py``,
+predicted against measured seconds on 23 configurations). Forming a kernel matrix is
+modelled the same way, with ``entries * cost-per-entry / T`` as its compute term (the
+empirical NTK: its padded sub-batch contractions and its Jacobians).
 
 Rates come from a short measurement on this machine (:func:`calibrate`, ``bigspec
 calibrate``), kept in the dask config (``bigspec.calibration``, written to
@@ -46,6 +51,8 @@ Examples
 >>> p = predict(summary, cpu)
 >>> round(p.seconds, 3), p.bottleneck
 (0.295, 'compute')
+>>> print(p.describe())
+predicted: 0.29 s (compute 0.25 s, store reads 0.034 s, scheduling 0.01 s; bottleneck: compute) with the laptop profile
 """
 
 from __future__ import annotations
@@ -85,6 +92,12 @@ class MachineProfile(msgspec.Struct, rename="kebab", forbid_unknown_fields=True,
         thread (while every thread runs one).
     store_read, store_write : float
         Bytes per second read from and written to the store by all workers together.
+    store_read_tile, store_write_tile : float
+        Seconds a tile read or write costs besides its bytes (per chunk; all workers together).
+    graph_efficiency, graph_efficiency_distributed : float
+        A factorization's measured seconds over the sum of its separately measured parts, on the
+        threaded scheduler and on a cluster (default: the threaded one's): what tasks running side
+        by side cost each other. Its compute, store and network terms are multiplied by it.
     task_overhead : float
         Seconds of scheduling per task on Dask's threaded scheduler.
     task_overhead_distributed : float, optional
@@ -103,6 +116,9 @@ class MachineProfile(msgspec.Struct, rename="kebab", forbid_unknown_fields=True,
         Bytes per second between two workers (None: not measured; a one-worker plan needs none).
     host_device : float, optional
         Bytes per second between a worker's host and its device (GPU workers; None: no device).
+    scan : float, optional
+        Bytes per second per task thread of a pass over a tile in memory (``max|L|`` of each L
+        tile a factorization in memory keeps, where it writes none). Default: ``store_write``.
     formation : dict of str to float
         Seconds per matrix entry per task thread of forming a kernel, by kernel name: ``rbf``,
         ``matern``, and ``relu`` per hidden layer (plus one), with ``formation_dim`` features;
@@ -138,12 +154,17 @@ class MachineProfile(msgspec.Struct, rename="kebab", forbid_unknown_fields=True,
     store_write: float
     task_overhead: float
     task_overhead_distributed: float | None = None
+    store_read_tile: float = 0.0
+    store_write_tile: float = 0.0
+    graph_efficiency: float = 1.0
+    graph_efficiency_distributed: float | None = None
     trsm: float | None = None
     trsm_ldl: float | None = None
     tile_rates: tuple[tuple[int, dict[str, float]], ...] = ()
     potrf_blocks: tuple[tuple[int, float], ...] = ()
     network: float | None = None
     host_device: float | None = None
+    scan: float | None = None
     formation: dict[str, float] = {}
     formation_dim: int = 16
     formation_tile: float = 0.0
@@ -158,8 +179,13 @@ class MachineProfile(msgspec.Struct, rename="kebab", forbid_unknown_fields=True,
 
     def __post_init__(self):
         rates = ("gemm", "potrf", "sytrf", "store_read", "store_write", "network", "host_device", "ntk",
-                 "ntk_jacobian", "trsm", "trsm_ldl")
-        for key in ("ntk_pair", "formation_tile"):
+                 "ntk_jacobian", "trsm", "trsm_ldl", "scan")
+        for key in ("graph_efficiency", "graph_efficiency_distributed"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ArgumentError(f"{arg('profile')}: {key.replace('_', '-')} must be a positive number, "
+                                    f"got {value!r}")
+        for key in ("ntk_pair", "formation_tile", "store_read_tile", "store_write_tile"):
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ArgumentError(f"{arg('profile')}: {key.replace('_', '-')} must be seconds >= 0, got {value!r}")
@@ -250,6 +276,12 @@ class MachineProfile(msgspec.Struct, rename="kebab", forbid_unknown_fields=True,
         if a <= 0 or b < 0:             # not a blocked potrf's shape: the widest size's rate
             return t2 * (rows / p2) ** 3 / threads
         return (a * rows ** 3 + b * rows ** 2) / threads
+
+    def efficiency(self, distributed: bool) -> float:
+        """The factor a factorization's compute, store and network terms take (``graph_efficiency``)."""
+        if distributed and self.graph_efficiency_distributed is not None:
+            return self.graph_efficiency_distributed
+        return self.graph_efficiency
 
     def overhead(self, distributed: bool) -> float:
         """Scheduler seconds per task."""
@@ -489,7 +521,7 @@ def predict(plan, profile=None) -> Prediction | None:
 
 
 def _panel_terms(prof, *, flops, blocks, read, write, tasks, method, threads, workers, distributed,
-                 tile) -> dict:
+                 tile, scan=0) -> dict:
     """The terms of one super-panel; ``blocks``: (rows, rows below it, how many) of its diagonal blocks."""
     per_worker = max(threads // max(workers, 1), 1)
     if not distributed and workers <= 1:
@@ -499,18 +531,23 @@ def _panel_terms(prof, *, flops, blocks, read, write, tasks, method, threads, wo
     solve = sum(count * below * P * P for P, below, count in blocks)
     compute = (max(flops - factor - solve, 0.0) / (threads * prof.rate("gemm", tile))
                + solve / (threads * prof.rate("trsm-ldl" if method == "ldl" else "trsm", tile)))
+    compute += scan / (threads * (prof.scan or prof.store_write))   # L tiles kept in memory: max|L| of each
     for P, _, count in blocks:
         if P <= tile or method == "ldl":    # tile tasks, among the others
             compute += count * P ** 3 / 3.0 / (threads * prof.rate("sytrf" if method == "ldl" else "potrf", P))
         else:                               # one LAPACK call on one worker
             compute += count * prof.factor_seconds(method, P, per_worker)
-    terms = {"compute": compute, "store_read": read / prof.store_read, "store_write": write / prof.store_write,
+    tile_bytes = 8.0 * tile * tile
+    eff = prof.efficiency(distributed)
+    terms = {"compute": eff * compute,
+             "store_read": eff * (read / prof.store_read + read / tile_bytes * prof.store_read_tile),
+             "store_write": eff * (write / prof.store_write + write / tile_bytes * prof.store_write_tile),
              "scheduling": tasks * prof.overhead(distributed)}
     if workers > 1 and prof.network:
         # each tile kernel's inputs (3 tiles per 2 b^3 flops of an update) are on another worker with
         # probability 1 - 1/workers; every worker receives its share
         moved = (1 - 1 / workers) * 12.0 * max(flops - factor, 0.0) / tile
-        terms["network"] = moved / (workers * prof.network)
+        terms["network"] = eff * moved / (workers * prof.network)
     if prof.device == "gpu" and prof.host_device:
         terms["host_device"] = (read + write) / (max(workers, 1) * prof.host_device)
     return terms
@@ -535,9 +572,11 @@ def _predict_logdet(plan, s: dict, prof: MachineProfile) -> Prediction:
     panels = []
     if plan is not None and plan.panels:
         for cost, blocks in zip(plan.panel_costs, diagonal_blocks(plan)):
+            # a panel that writes no factor (in memory) still takes max|L| of each of its L tiles
+            scan = 0 if cost.written else cost.read_matrix * 8 // max(int(plan.storage_itemsize), 1)
             panels.append(_panel_terms(prof, flops=cost.flops, blocks=[(P, plan.n - r0 - P, 1) for r0, P in blocks],
                                        read=cost.read_matrix + cost.read_factor, write=cost.written,
-                                       tasks=cost.tasks, **common))
+                                       tasks=cost.tasks, scan=scan, **common))
     elif s.get("tasks"):
         b = int(s.get("tile_size", prof.tile_size))
         P = int(s.get("factor_block") or b)
@@ -553,20 +592,24 @@ def _predict_logdet(plan, s: dict, prof: MachineProfile) -> Prediction:
 
 
 def plan_prediction(plan, counts: dict) -> dict:
-    """The keys a logdet plan's summary gains: its diagonal blocks' flops, and the prediction with
-    ``plan.profile`` (None: the dask config's) or, uncalibrated, None and how to get one.
-
+    """The keys a logdet plan's summary gains: its diagonal blocks' flops and the flops solved
+    against them, and the prediction with ``plan.profile`` (None: the dask config's) or,
+    uncalibrated, None. A bad profile in the dask config leaves the plan without a prediction
+    (``predicted_note`` says why) rather than failing it: a given one was checked when it was given.
     """
     blocks = [(r0, P) for panel in diagonal_blocks(plan) for r0, P in panel]
     out = {"distributed": bool(plan.pure), "factor_flops": sum(P ** 3 / 3.0 for _, P in blocks),
            "factor_block": max((P for _, P in blocks), default=0),
-           "solve_flops": float(sum((plan.n - r0 - P) * P * P for r0, P in blocks))}
-    prof = resolve_profile(plan.profile)
-    p = _predict_logdet(plan, {**counts, **out}, prof) if prof is not None else None
-    out.update(predicted_seconds=None, predicted_terms=None, bottleneck=None, profile=None,
-               tasks_per_compute_second=None)
-    if p is not None:
-        out.update(p.to_dict())
+           "solve_flops": float(sum((plan.n - r0 - P) * P * P for r0, P in blocks)),
+           "predicted_seconds": None, "predicted_terms": None, "bottleneck": None, "profile": None,
+           "tasks_per_compute_second": None}
+    try:
+        prof = resolve_profile(plan.profile)
+    except (ArgumentError, ArgumentTypeError) as e:
+        out["predicted_note"] = e.template
+        return out
+    if prof is not None:
+        out.update(_predict_logdet(plan, {**counts, **out}, prof).to_dict())
     return out
 
 
@@ -646,7 +689,9 @@ def _predict_form(s: dict, prof: MachineProfile) -> Prediction:
     else:
         formation = (entries * formation_cost(prof, kernel, int(s.get("features", 1)))
                      + int(s.get("tasks", 0)) * prof.formation_tile) / threads
-    terms = {"formation": formation, "store_write": s.get("bytes_written", 0) / prof.store_write,
+    written = s.get("bytes_written", 0)
+    terms = {"formation": formation,
+             "store_write": written / prof.store_write + int(s.get("tasks", 0)) * prof.store_write_tile,
              "scheduling": int(s.get("tasks", 0)) * prof.overhead(bool(s.get("distributed", workers > 1)))}
     if prof.device == "gpu" and prof.host_device:
         terms["host_device"] = s.get("bytes_written", 0) / (max(workers, 1) * prof.host_device)
@@ -659,12 +704,12 @@ def form_prediction(profile, counts: dict) -> dict:
     kernel's formation cost."""
     out = dict(predicted_seconds=None, predicted_terms=None, bottleneck=None, profile=None,
                tasks_per_compute_second=None)
-    prof = resolve_profile(profile)
-    if prof is not None:
-        try:
+    try:
+        prof = resolve_profile(profile)
+        if prof is not None:
             out.update(_predict_form(counts, prof).to_dict())
-        except ArgumentError as e:
-            out["predicted_note"] = e.template
+    except (ArgumentError, ArgumentTypeError) as e:
+        out["predicted_note"] = e.template
     return out
 
 
@@ -674,14 +719,27 @@ def calibrate(*, tile_size: int | None = None, client=None, quick: bool = False,
               threads: int | None = None) -> MachineProfile:
     """Measure this machine's rates for :func:`predict` and keep them in the dask config.
 
-    A short measurement (about half a minute; ``quick``: about a second, for tests): GEMM,
-    potrf and sytrf of tiles of ``tile_size`` rows on every task thread at once (BLAS threads
-    left to the library, as the threaded scheduler runs them), one Cholesky of 4 tiles'
-    rows alone (the Cholesky diagonal block), the read and write bandwidth of a temporary Zarr
-    store (uncompressed tiles, ``bigspec.compression`` as the stores bigspec writes), the
-    scheduler's seconds per task on Dask's threaded scheduler and, given ``client``, on the
-    cluster (with the bandwidth between two of its workers), and the seconds per entry of
-    forming the rbf, matern and relu kernels (and the empirical NTK of a small MLP with torch).
+    A short measurement (about half a minute; ``quick``: a few seconds, for tests), of
+    bigspec's own tile kernels and tasks rather than of bare BLAS calls:
+
+    * the factorization's tile kernels (:mod:`bigspec.determinant.tiles`: GEMM update, potrf and
+      sytrf of a diagonal tile, the solve below it, LDL^T's solve with its D^-1, growth statistics
+      and D-scaled copy) on tiles of ``tile_size`` rows, and of half and twice that, every task
+      thread running one at once (BLAS threads as the runner leaves them, ``bigspec.blas-threads``);
+      Cholesky of blocks of 2, 4 and 8 tiles alone (a wide diagonal block);
+    * reads and writes of tiles of a temporary matrix store (its codecs, ``bigspec.compression``;
+      a write takes max|L|, a read copies and checks its tile, as the tasks do), at two tile sizes
+      for each chunk's own cost, and a pass over a tile in memory;
+    * the scheduler's seconds per task on Dask's threaded scheduler and, given ``client``, on the
+      cluster, with the rate at which a worker receives tile updates' inputs from another;
+    * forming a tile (:func:`bigspec.form.form_tile`, its data rows read from Zarr, its write left
+      to the store's rate) of rbf, matern and relu, per entry and per tile; the empirical NTK of a
+      small MLP with torch (its contraction, its calls per pair of sub-batches, its Jacobians).
+
+    A measurement that other processes disturbed (threaded BLAS slows down by orders of
+    magnitude when another process takes a core its threads wait on) is made again, up to
+    three times; a profile still measured on a busy machine says so in its description, with
+    a :class:`~bigspec.errors.BigspecWarning`.
 
     Parameters
     ----------
@@ -728,11 +786,6 @@ def calibrate(*, tile_size: int | None = None, client=None, quick: bool = False,
     if save:
         check_profile_writable(path, overwrite)
     _LOADS.clear()
-    info = dict(task_overhead_distributed=None, network=None)
-    if client is not None:      # first: its workers are then started and idle while this process measures
-        info["task_overhead_distributed"] = _undisturbed(lambda: task_overhead(client, T, 200 if quick else 1500),
-                                                         better=min, children=True)
-        info["network"] = network_bandwidth(client, b, quick)
     from threadpoolctl import threadpool_limits
 
     blas = config.get("blas-threads", None)            # as the runner sets them on the threaded scheduler
@@ -742,31 +795,114 @@ def calibrate(*, tile_size: int | None = None, client=None, quick: bool = False,
         tile_rates = tuple((size, {k.replace("_", "-"): v for k, v in _blas_rates(size, T, per / 2, True,
                                                                                    blocks=False).items()})
                            for size in others if size >= 32)
-    store = _undisturbed(lambda: _store_rates(b, T, per, quick, store_dir), better=lambda r, key: max(
-        r, key=lambda vb: vb[0]["read"] + vb[0]["write"]))
+
+    def store_at(size):
+        return _undisturbed(lambda: _store_rates(size, T, per, quick, store_dir), better=lambda r, key: max(
+            r, key=lambda vb: vb[0]["read"] + vb[0]["write"]))
+
+    store, half = store_at(b), store_at(b // 2)        # a chunk's own cost, from two tile sizes
+    (store["read"], read_tile), (store["write"], write_tile) = (_per_tile(b, store[k], half[k])
+                                                                  for k in ("read", "write"))
     overhead = _undisturbed(lambda: task_overhead(None, T, 300 if quick else 3000), better=min)
     formation, dim, ntk, formation_tile = _formation_rates(b, T, per, quick, kernels)
     ntk = {**{"ntk": None, "ntk_pair": None, "ntk_jacobian": None}, **ntk}
     host = platform.node() or "this machine"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    busy = max(_LOADS, default=None)
-    note = ""
-    if busy is not None and busy > BUSY_CORES:
-        note = f", busy: other processes used {busy:.2f} cores"
-        warnings.warn(f"while bigspec calibrated, other processes used {busy:.2f} of this machine's "
-                      f"{os.cpu_count()} cores: the rates may be low; calibrate again when it is quiet "
-                      f"({arg('overwrite', True)})", BigspecWarning, stacklevel=2)
     prof = MachineProfile(
-        name="calibrated", description=f"{host}, {when}" + (", quick" if quick else "") + note,
+        name="calibrated", description=f"{host}, {when}" + (", quick" if quick else ""),
         gemm=rates["gemm"], potrf=rates["potrf"], sytrf=rates["sytrf"], trsm=rates["trsm"],
         trsm_ldl=rates["trsm_ldl"], potrf_blocks=tuple(rates["potrf_blocks"]), tile_rates=tile_rates,
-        store_read=store["read"], store_write=store["write"],
+        store_read=store["read"], store_write=store["write"], store_read_tile=read_tile,
+        store_write_tile=write_tile, scan=store["scan"] / T,
         task_overhead=overhead, formation=formation, formation_dim=dim, formation_tile=formation_tile, **ntk,
-        threads=T, tile_size=b,
-        host_device=_host_device_rate(quick), **info)
+        threads=T, tile_size=b, host_device=_host_device_rate(quick))
+    from .cluster import current_client
+
+    if current_client() is None:       # a small exact logdet on the threaded scheduler, against its parts
+        prof = msgspec.structs.replace(prof, graph_efficiency=_graph_efficiency(prof, None, b, quick, store_dir))
+    if client is not None:
+        prof = calibrate_cluster(prof, client, quick=quick, store_dir=store_dir)
+    prof = _noted(prof)
     if save:
         save_profile(prof, overwrite=True, path=path)
     return prof
+
+
+def _noted(prof: MachineProfile) -> MachineProfile:
+    """``prof`` with a busy machine noted in its description (and a warning), from ``_LOADS``."""
+    busy = max(_LOADS, default=None)
+    if busy is None or busy <= BUSY_CORES or "busy:" in prof.description:
+        return prof
+    warnings.warn(f"while bigspec calibrated, other processes used {busy:.2f} of this machine's "
+                  f"{os.cpu_count()} cores: the rates may be low; calibrate again when it is quiet "
+                  f"({arg('overwrite', True)})", BigspecWarning, stacklevel=3)
+    return msgspec.structs.replace(prof, description=f"{prof.description}, busy: other processes used {busy:.2f} "
+                                                     f"cores")
+
+
+def calibrate_cluster(profile: MachineProfile, client, *, quick: bool = False, store_dir: str | None = None,
+                      save: bool = False, overwrite: bool = False) -> MachineProfile:
+    """``profile`` (of :func:`calibrate`) with the rates of the cluster behind ``client``: the
+    distributed scheduler's seconds per task, the rate at which a worker receives tile updates'
+    inputs from another (two workers or more), and the efficiency of a small exact logdet on it
+    (its seconds against the model's sum of its parts).
+
+    The BLAS, store and formation rates stay this machine's: for a remote cluster, calibrate on
+    one of its nodes. ``save``/``overwrite`` as for :func:`calibrate`.
+    """
+    T = int(profile.threads)
+    path = profile_path()
+    if save:
+        check_profile_writable(path, overwrite)
+    b = int(profile.tile_size)
+    overhead = _undisturbed(lambda: task_overhead(client, T, 200 if quick else 1500), better=min, children=True)
+    prof = msgspec.structs.replace(profile, task_overhead_distributed=overhead,
+                                   network=network_bandwidth(client, b, quick), graph_efficiency_distributed=1.0)
+    prof = msgspec.structs.replace(prof, graph_efficiency_distributed=_graph_efficiency(prof, client, b, quick,
+                                                                                        store_dir))
+    if save:
+        save_profile(_noted(prof), overwrite=True, path=path)
+    return prof
+
+
+def _graph_efficiency(prof: MachineProfile, client, b: int, quick: bool, store_dir: str | None) -> float:
+    """Measured over predicted seconds of a small exact Cholesky (4 tiles a side, in memory and with
+    half of it, the best of two runs each; geometric mean), on ``client`` or the threaded scheduler:
+    what tasks running side by side cost each other (threads sharing cores and memory bandwidth,
+    BLAS threads waiting on busy cores), which the sum of separately measured parts leaves out."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from .determinant import logdet, plan_logdet
+    from .form import form
+
+    n = 4 * b
+    tmp = tempfile.mkdtemp(prefix="bigspec-calibrate-", dir=store_dir)
+    ratios = []
+    try:
+        X = np.random.default_rng(5).standard_normal((n, 16))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ms = form("rbf", X, f"{tmp}/K.zarr", tile_size=b, client=client, progress=False, shuffle=False)
+            for memory in (64 * n * n, n * n * 4):
+                opts = dict(method="cholesky", memory=memory, shift=1e-3, checkpoint=False, client=client)
+                try:
+                    plan = plan_logdet(ms, profile=prof, **opts)
+                except Exception:          # a budget that does not fit these tiles: the other one will
+                    continue
+                best = math.inf
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    logdet(ms, progress=False, **opts)
+                    best = min(best, time.perf_counter() - t0)
+                ratios.append(best / predict(plan, prof).seconds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not ratios:
+        return 1.0
+    return float(min(max(math.exp(sum(map(math.log, ratios)) / len(ratios)), 0.5), 4.0))
 
 
 def check_profile_writable(path: str, overwrite: bool) -> None:
@@ -973,6 +1109,9 @@ def _blas_rates(b: int, T: int, seconds: float, quick: bool, blocks: bool = True
 
 
 def _store_rates(b: int, T: int, seconds: float, quick: bool, store_dir: str | None) -> dict:
+    """Aggregate bytes per second of ``T`` threads writing and reading tiles of ``b`` rows of a
+    temporary matrix store (:func:`bigspec.store.create_matrix`: the chunks and codecs of the stores
+    bigspec writes), and of passes over a tile in memory."""
     import shutil
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
@@ -980,16 +1119,16 @@ def _store_rates(b: int, T: int, seconds: float, quick: bool, store_dir: str | N
     import numpy as np
     import zarr
 
-    from .store import _compressors
+    from .store import create_matrix
 
     tiles = max(2 * T, 8 if quick else int(min(512 * 2**20, max(seconds, 0.1) * 1e9) // (8 * b * b)))
     grid = math.isqrt(tiles - 1) + 1
     tmp = tempfile.mkdtemp(prefix="bigspec-calibrate-", dir=store_dir)
     try:
-        arr = zarr.create_array(store=tmp, shape=(grid * b, grid * b), chunks=(b, b), dtype="float64",
-                                fill_value=np.nan, compressors=_compressors())
+        arr = create_matrix(zarr.open_group(tmp, mode="w"), grid * b, b, "float64").matrix
         tile = np.random.default_rng(1).standard_normal((b, b))
-        coords = [(i, j) for i in range(grid) for j in range(grid)][:tiles]
+        coords = [(i, j) for i in range(grid) for j in range(i + 1)]
+        coords = (coords * (-(-tiles // len(coords))))[:tiles] if len(coords) < tiles else coords[:tiles]
 
         # as the factorization's tasks do: a write also takes max|L| of its tile; a read copies the
         # tile into a fresh float64 array and checks that it is finite (an unwritten tile is NaN)
@@ -1002,9 +1141,12 @@ def _store_rates(b: int, T: int, seconds: float, quick: bool, store_dir: str | N
                          copy=True)
             return bool(np.isfinite(T).all())
 
+        def scan(c):
+            return float(np.max(np.abs(tile)))
+
         out = {}
         with ThreadPoolExecutor(T) as ex:
-            for name, fn in (("write", write), ("read", read)):
+            for name, fn in (("write", write), ("read", read), ("scan", scan)):
                 list(ex.map(fn, coords[:T]))             # warm: the first chunks, metadata
                 t0 = time.perf_counter()
                 list(ex.map(fn, coords))
@@ -1012,6 +1154,16 @@ def _store_rates(b: int, T: int, seconds: float, quick: bool, store_dir: str | N
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _per_tile(b: int, rate_b: float, rate_half: float) -> tuple[float, float]:
+    """(bytes per second, seconds per tile) of an operation on tiles whose time is ``c + bytes / bw``,
+    from its rates on tiles of ``b`` and ``b / 2`` rows."""
+    t_b, t_half = 8.0 * b * b / rate_b, 2.0 * b * b / rate_half
+    c = (4 * t_half - t_b) / 3
+    if c <= 0 or c >= t_b:
+        return rate_b, 0.0
+    return 8.0 * b * b / (t_b - c), c
 
 
 def _noop(*args):
@@ -1104,27 +1256,40 @@ def _formation_rates(b: int, T: int, seconds: float, quick: bool, kernels):
     X = np.random.default_rng(2).standard_normal((2 * b, dim))
     out, ntk, per_tile = {}, {}, 0.0
 
+    import shutil
+    import tempfile
+
+    import zarr
+
+    tmp = tempfile.mkdtemp(prefix="bigspec-calibrate-")
+
     def tile_seconds(name, params, s):
-        """Seconds per thread of forming one tile of ``s`` samples a side, ``T`` at once."""
+        """Seconds per thread of forming one tile of ``s`` samples a side, ``T`` at once, its data rows
+        read from a Zarr array as :func:`bigspec.form` keeps them."""
         k = get_kernel(name, **params).bind(X)
-        data = np.ascontiguousarray(k.prepare(X[:2 * s]))
+        prepared = np.ascontiguousarray(k.prepare(X[:2 * s]))
+        data = zarr.create_array(store=f"{tmp}/{name}-{s}", shape=prepared.shape, dtype="float64",
+                                 chunks=(s, *prepared.shape[1:]), overwrite=True)
+        data[...] = prepared
 
         def make():
             return lambda: form_tile(k, data, _Discard(s), 1, 0, (s, 2 * s), (0, s), np.float64, "cpu")
 
         return T / _concurrently(make, T, seconds, 1.0)
 
-    names = [n for n in kernels if n != "ntk"]
-    if names:     # a task's own cost besides its entries, from rbf tiles of two sizes
-        big, small = tile_seconds("rbf", {}, b), tile_seconds("rbf", {}, b // 2)
-        per_tile = max((4 * small - big) / 3, 0.0)
-    for name in kernels:
-        if name == "ntk":
-            ntk = _ntk_rates(b, seconds, quick) or {}
-            continue
-        params = {"depth": 2} if name == "relu" else {}
-        per_entry = max(tile_seconds(name, params, b) - per_tile, 1e-9 * b * b) / (b * b)
-        out[name] = per_entry / (params.get("depth", 0) + 1) if name == "relu" else per_entry
+    try:
+        if [n for n in kernels if n != "ntk"]:    # a task's own cost besides its entries, from two tile sizes
+            big, small = tile_seconds("rbf", {}, b), tile_seconds("rbf", {}, b // 2)
+            per_tile = max((4 * small - big) / 3, 0.0)
+        for name in kernels:
+            if name == "ntk":
+                ntk = _ntk_rates(b, seconds, quick) or {}
+                continue
+            params = {"depth": 2} if name == "relu" else {}
+            per_entry = max(tile_seconds(name, params, b) - per_tile, 1e-9 * b * b) / (b * b)
+            out[name] = per_entry / (params.get("depth", 0) + 1) if name == "relu" else per_entry
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out, dim, ntk, per_tile
 
 
@@ -1201,5 +1366,6 @@ def _host_device_rate(quick: bool) -> float | None:
     return 2 * nbytes / (time.perf_counter() - t0)
 
 
-__all__ = ["MachineProfile", "PROFILES", "Prediction", "predict", "resolve_profile", "calibrate", "save_profile",
+__all__ = ["MachineProfile", "PROFILES", "Prediction", "predict", "resolve_profile", "calibrate", "calibrate_cluster",
+           "save_profile",
            "profile_path", "format_seconds"]

@@ -161,6 +161,9 @@ def test_uncalibrated_plans_say_how_to_calibrate():
     assert h100.summary()["predicted_seconds"] > 0 and "h100" in h100.summary()["profile"]
     with dask.config.set({"bigspec.profile": "cpu-node"}):   # the config names the default profile
         assert "cpu-node" in bigspec.plan_logdet(n=2000, tile_size=500, memory="1GiB").summary()["profile"]
+    with dask.config.set({"bigspec.profile": "h200"}):       # a bad one in the config: a plan, and why no prediction
+        bad = bigspec.plan_logdet(n=2000, tile_size=500, memory="1GiB")
+        assert bad.summary()["predicted_seconds"] is None and "h200" in repr(bad) and "tasks:" in repr(bad)
 
 
 @pytest.mark.parametrize("bad,words", [("h200", "h100"), ({"gemm": 1.0}, "potrf"), (3, "name"),
@@ -235,3 +238,35 @@ def test_published_profiles_are_valid_and_a_gpu_moves_tiles_to_the_device():
     terms = predict(SUMMARY, PROFILES["h100"]).terms
     assert terms["host_device"] == pytest.approx(150_000_000 / PROFILES["h100"].host_device)
     assert "host_device" not in predict(SUMMARY, PROFILES["cpu-node"]).terms
+
+
+def test_graph_efficiency_scales_compute_store_and_network_not_scheduling():
+    summary = {**SUMMARY, "workers": 2, "distributed": True}
+    base = predict(summary, PROF)
+    slow = predict(summary, msgspec.structs.replace(PROF, graph_efficiency=2.0))
+    for term in ("compute", "store_read", "store_write", "network"):
+        assert slow.terms[term] == pytest.approx(2 * base.terms[term]), term
+    assert slow.terms["scheduling"] == pytest.approx(base.terms["scheduling"])
+    # a cluster's own efficiency is used on a cluster, the threaded one elsewhere
+    both = msgspec.structs.replace(PROF, graph_efficiency=2.0, graph_efficiency_distributed=3.0)
+    assert predict(summary, both).terms["compute"] == pytest.approx(3 * base.terms["compute"])
+    assert predict(SUMMARY, both).terms["compute"] == pytest.approx(2 * predict(SUMMARY, PROF).terms["compute"])
+    with pytest.raises(ArgumentError, match="graph-efficiency"):
+        msgspec.structs.replace(PROF, graph_efficiency=0.0)
+
+
+@pytest.mark.filterwarnings("ignore:while bigspec calibrated")
+def test_calibrate_cluster_measures_the_distributed_scheduler_network_and_efficiency():
+    from distributed import Client, LocalCluster
+
+    from bigspec.perfmodel import calibrate_cluster
+
+    prof = calibrate(quick=True, kernels=("rbf",), seconds=0.01, tile_size=64, save=False)
+    assert math.isfinite(prof.graph_efficiency) and prof.graph_efficiency > 0
+    assert prof.network is None and prof.task_overhead_distributed is None
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        cl = calibrate_cluster(prof, client, quick=True)
+    assert cl.network > 0 and cl.task_overhead_distributed > 0 and cl.graph_efficiency_distributed > 0
+    assert cl.gemm == prof.gemm and cl.store_read == prof.store_read   # this machine's rates are kept
+    assert not os.path.exists(profile_path())                          # save=False wrote nothing
