@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .chunkio import read_region
 from . import config
 from .errors import (
     IncompleteStoreError,
@@ -97,18 +98,18 @@ class SymmetricView:
         r0, r1, _ = rows.indices(self.shape[0])
         c0, c1, _ = cols.indices(self.shape[1])
         if not self.symmetric:
-            return np.asarray(self.array[r0:r1, c0:c1])
+            return read_region(self.array, r0, r1, c0, c1)
         b = self.tile_size
         if r1 <= r0 or c1 <= c0:
             return np.empty((max(r1 - r0, 0), max(c1 - c0, 0)), self.dtype)
         tr0, tr1 = r0 // b, (r1 - 1) // b
         tc0, tc1 = c0 // b, (c1 - 1) // b
         if tr0 >= tc1:  # wholly in lower tiles
-            return np.asarray(self.array[r0:r1, c0:c1])
+            return read_region(self.array, r0, r1, c0, c1)
         if tc0 >= tr1:  # wholly in upper tiles: mirror
-            return np.asarray(self.array[c0:c1, r0:r1]).T.copy()
-        lower = np.asarray(self.array[r0:r1, c0:c1])
-        upper = np.asarray(self.array[c0:c1, r0:r1]).T
+            return read_region(self.array, c0, c1, r0, r1).T.copy()
+        lower = read_region(self.array, r0, r1, c0, c1)
+        upper = read_region(self.array, c0, c1, r0, r1).T
         row_tile = (np.arange(r0, r1) // b)[:, None]
         col_tile = (np.arange(c0, c1) // b)[None, :]
         return np.where(row_tile >= col_tile, lower, upper)

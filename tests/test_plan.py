@@ -87,23 +87,34 @@ def test_ldl_runs_as_planned_on_an_indefinite_matrix():
 
 
 class _CountReads:
-    """Bytes read from zarr arrays named ``L`` (the factor) and ``matrix`` while active."""
+    """Bytes read from zarr arrays named ``L`` (the factor) and ``matrix`` while active: through
+    zarr, and from their chunk files (:func:`bigspec.chunkio.read_region`)."""
 
     def __init__(self, monkeypatch):
+        import bigspec.determinant.tasks
+        import bigspec.store
+        from bigspec import chunkio
+
         self.factor = self.matrix = 0
-        real = zarr.Array.__getitem__
         counter = self
 
-        def getitem(self, selection):
-            out = real(self, selection)
-            name = self.path.rsplit("/", 1)[-1]
+        def count(array, out):
+            name = array.path.rsplit("/", 1)[-1]
             if name == "L":
                 counter.factor += np.asarray(out).nbytes
             elif name == "matrix":
                 counter.matrix += np.asarray(out).nbytes
             return out
 
-        monkeypatch.setattr(zarr.Array, "__getitem__", getitem)
+        real = zarr.Array.__getitem__
+        monkeypatch.setattr(zarr.Array, "__getitem__", lambda self, selection: count(self, real(self, selection)))
+
+        def read_region(array, *region):
+            assert chunkio.raw_layout(array) is not None    # read from the chunk files, not counted twice
+            return count(array, chunkio.read_region(array, *region))
+
+        for module in (bigspec.determinant.tasks, bigspec.store):
+            monkeypatch.setattr(module, "read_region", read_region)
 
 
 @pytest.mark.parametrize("n,b,memory", [(230, 20, "150KB"), (257, 16, "120KB"), (400, 64, "700KB")])

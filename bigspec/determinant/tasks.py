@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..backend import namespace_of, to_device, to_host
+from ..chunkio import read_region
 from ..errors import NonFiniteError
 from . import tiles
 
@@ -29,7 +30,9 @@ class NeedsPivoting(Exception):
 
 def read_tile(source, r0, r1, c0, c1, scale, shift, device, index):
     """Read ``scale * A[r0:r1, c0:c1] (+ diag(shift))`` as a fresh C-ordered float64 tile."""
-    T = np.array(source[r0:r1, c0:c1], dtype=COMPUTE_DTYPE, order="C", copy=True)
+    T = source[r0:r1, c0:c1]
+    if T.base is not None or T.dtype != COMPUTE_DTYPE or not (T.flags.c_contiguous and T.flags.writeable):
+        T = np.array(T, dtype=COMPUTE_DTYPE, order="C", copy=True)   # a view of an in-memory matrix: copy
     if not np.isfinite(T).all():
         r, c = np.argwhere(~np.isfinite(T))[0]
         raise NonFiniteError(
@@ -82,7 +85,7 @@ def read_top(factor, panel, j0, j1, bounds, device):
     t0, t1 = bounds[panel[0]][0], bounds[panel[-1]][1]
     c0, c1 = bounds[j0][0], bounds[j1 - 1][1]
     L, D = factor["L"], factor.get("D")
-    L_top = to_device(np.ascontiguousarray(L[t0:t1, c0:c1], dtype=COMPUTE_DTYPE), device)
+    L_top = to_device(np.ascontiguousarray(read_region(L, t0, t1, c0, c1), dtype=COMPUTE_DTYPE), device)
     if D is None:
         return L_top, L_top
     lo = max(c0 - 1, 0)
@@ -112,7 +115,7 @@ def update_rows(block, top, factor, rows, panel, j0, j1, bounds, device, pure=Fa
     r0, r1 = bounds[rows[0]][0], bounds[rows[-1]][1]
     c0, c1 = bounds[j0][0], bounds[j1 - 1][1]
     s0 = max(r0, t1)
-    L_below = to_device(np.ascontiguousarray(factor["L"][s0:r1, c0:c1], dtype=COMPUTE_DTYPE), device) \
+    L_below = to_device(np.ascontiguousarray(read_region(factor["L"], s0, r1, c0, c1), dtype=COMPUTE_DTYPE), device) \
         if r1 > s0 else None
     pos = 0
     for i in rows:
