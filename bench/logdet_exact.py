@@ -42,7 +42,8 @@ bigspec store per tile size (:func:`bigspec.from_array`). For each size n it tim
 
 GFLOP/s is n**3/3 / seconds for every row (LDL^T included). Each configuration runs in a
 fresh subprocess (``python bench/logdet_exact.py --one SPEC``) which loads or opens its
-input, warms up BLAS/dask on a tiny problem, records its RSS (``rss0``), resets the kernel's
+input, warms up BLAS/dask on a 2-tile problem at the run's tile size (BLAS's buffers in every
+worker process are touched before), records its RSS (``rss0``), resets the kernel's
 RSS high-water mark (``/proc/self/clear_refs``), and runs the computation while also sampling
 RSS every 10 ms; ``other`` is the CPU (in cores) that other processes used meanwhile, and
 before each run the parent waits (up to ``--quiet-wait`` s) for the machine to be quiet.
@@ -333,7 +334,9 @@ def setup_child(spec: dict):
                                    dashboard_address=None)
             client = Client(cluster)
             _CHILDREN.append(cluster)
-        bigspec.logdet(np.eye(128) * 2.0, method=spec["method"], tile_size=32, progress=False, client=client)
+        # warm-up at the run's tile size: BLAS's buffers (in every worker process) are touched before rss0
+        t = int(spec.get("tile") or 32)
+        bigspec.logdet(np.eye(2 * t) * 2.0, method=spec["method"], tile_size=t, progress=False, client=client)
         ms = bigspec.open_matrix(spec["store"])
 
         def compute():
@@ -514,12 +517,17 @@ class Bench:
         shutil.rmtree(os.path.join(path, "factor"), ignore_errors=True)   # never resume / reuse
         return path
 
-    def fits(self, n, b, budget) -> bool:
+    def fits(self, n, b, budget, workers=None) -> bool:
+        """Whether tile ``b`` fits ``budget`` on this process (or on ``workers`` 1-thread worker processes)."""
         import bigspec
 
         try:
-            bigspec.logdet(self.ensure_store(n, b), method="cholesky", memory=int(budget),
-                           checkpoint=False, dry_run=True)
+            if workers:
+                bigspec.plan_logdet(n=n, tile_size=b, method="cholesky", memory=int(budget), workers=workers,
+                                    threads=workers)
+            else:
+                bigspec.logdet(self.ensure_store(n, b), method="cholesky", memory=int(budget),
+                               checkpoint=False, dry_run=True)
             return True
         except bigspec.MemoryBudgetError:
             return False
@@ -530,6 +538,8 @@ class Bench:
 
     def run(self, n, config, spec, *, tile=None, budget=None, note=""):
         spec = dict(spec, n=n)
+        if tile and "tile" not in spec:
+            spec["tile"] = tile
         t = time.perf_counter()
         outs = []
         for _ in range(self.args.repeat):
@@ -644,10 +654,18 @@ class Bench:
                          {"kind": "bigspec", "method": "cholesky", "store": self.ensure_store(n, bb),
                           "memory": budget, "checkpoint": True, "granularity": "tile"}, tile=bb, budget=budget,
                          note="one tile kernel per task")
-                self.run(n, f"bigspec chol {label} b={bb} 2-proc cluster",
-                         {"kind": "bigspec", "method": "cholesky", "store": self.ensure_store(n, bb),
-                          "memory": budget, "checkpoint": True, "workers": 2}, tile=bb, budget=budget,
-                         note="LocalCluster: 2 worker processes x 1 thread; RSS summed over the processes")
+                # a cluster's plan counts the copies its tasks make and move: the largest tile that fits it
+                bc = next((t for t in sorted({bb, *args.tiles, bb // 2, bb * 4 // 5}, reverse=True)
+                           if t <= bb and self.fits(n, t, budget, workers=2)), None)
+                if bc is None:
+                    self.rows.append({"n": n, "config": f"bigspec chol {label} 2-proc cluster", "tile": bb,
+                                      "budget": budget, "status": "skipped: MemoryBudgetError for every tile size"})
+                else:
+                    self.run(n, f"bigspec chol {label} b={bc} 2-proc cluster",
+                             {"kind": "bigspec", "method": "cholesky", "store": self.ensure_store(n, bc),
+                              "memory": budget, "checkpoint": True, "workers": 2}, tile=bc, budget=budget,
+                             note="LocalCluster: 2 worker processes x 1 thread; RSS summed over the processes"
+                                  + ("" if bc == bb else f"; tile {bb} does not fit a 2-worker plan"))
 
         # 4. LDL^T vs dsytrf
         if n in args.ldl_sizes:
@@ -808,14 +826,20 @@ class Bench:
             out.append(fmt(l))
         return "\n".join(out)
 
+    @property
+    def results_path(self):
+        """``--quick`` smoke runs never replace the full run's results."""
+        return RESULTS.with_name("logdet_exact-quick.json") if self.args.quick else RESULTS
+
     def save(self, table=None):
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        path = self.results_path
+        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"meta": dict(self.meta, total_seconds=time.perf_counter() - self.t_start),
                 "rows": self.rows, "notes": self.notes, "table": table}
-        tmp = RESULTS.with_suffix(".json.tmp")
+        tmp = path.with_suffix(".json.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1, default=_json_default)
-        os.replace(tmp, RESULTS)
+        os.replace(tmp, path)
 
 
 def _json_default(o):
@@ -940,7 +964,7 @@ def main(argv=None):
             print(f"  - {note}")
         print(f"\ntotal runtime: {total:.0f} s ({total / 60:.1f} min)")
         bench.save(table)
-        print(f"results: {RESULTS}")
+        print(f"results: {bench.results_path}")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
