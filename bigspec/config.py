@@ -25,6 +25,24 @@ with open(_fn) as _f:
 dask.config.update_defaults(defaults)
 
 
+_MISSING = object()
+
+
 def get(key: str, default: Any = None) -> Any:
-    """Return ``bigspec.<key>`` from dask.config (env ``DASK_BIGSPEC__<KEY>`` overrides)."""
-    return dask.config.get(f"bigspec.{key}", default=default)
+    """Return ``bigspec.<key>`` from dask.config (env ``DASK_BIGSPEC__<KEY>`` overrides).
+
+    A key missing from dask.config (a harness such as distributed's ``gen_cluster`` resets the
+    config to what it was before bigspec was imported) falls back to ``default`` or, without
+    one, to bigspec's packaged default, never to None.
+    """
+    value = dask.config.get(f"bigspec.{key}", default=_MISSING)
+    if value is not _MISSING:
+        return value
+    if default is not None:
+        return default
+    node = defaults["bigspec"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
