@@ -129,6 +129,8 @@ def files(tmp_path, monkeypatch):
 
     z = zarr.create_array("plain.zarr", shape=(300, 300), chunks=(100, 100), dtype="float64")
     z[...] = A
+    pathlib.Path("empty").mkdir()
+    pathlib.Path("garbage.npy").write_bytes(b"not a .npy file")
     return A
 
 
@@ -149,6 +151,14 @@ MESSAGES = [
     ("form rbf K.zarr out.zarr", 1, ["is not a .npy file or a zarr array of data points"], ["node_type"]),
     ("form ntk X.npy out.zarr", 1, ["needs a torch model", "Python"], ["NoneType"]),
     ("spectrum K.zarr --plot K.zarr/zarr.json", 2, ["no image extension"], []),
+    # DATA that is missing or holds no data points: exit 1 before a cluster starts, naming the path and DATA
+    ("form rbf missing.npy out.zarr", 1, ["the data file", "missing.npy (DATA) does not exist",
+                                         "DATA must be a .npy file or a zarr array"],
+     ["(X)", "Errno", "Invalid value", "dask dashboard"]),
+    ("form rbf missing.zarr out.zarr", 1, ["missing.zarr (DATA) does not exist"], ["(X)", "dask dashboard"]),
+    ("form rbf empty out.zarr", 1, ["empty (DATA) is an empty directory"], ["node_type", "dask dashboard"]),
+    ("form rbf garbage.npy out.zarr", 1, ["garbage.npy (DATA) is not a .npy file"],
+     ["pickled", "allow_pickle", "dask dashboard"]),
 ]
 
 
@@ -224,3 +234,34 @@ def test_form_help_info_and_spectrum_json(files, capsys):
     assert "--overwrite" in capsys.readouterr().err and pathlib.Path("s.png").read_bytes() == b"mine"
     assert run_main(["spectrum", "A.npy", "--sample-size", "100", "--plot", "s.png", "--overwrite", *LOCAL]) == 0
     assert pathlib.Path("s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spectrum_text_shows_the_kernel_regime_quantile_intervals(tmp_path):
+    """In the kernel regime the text output gives each quantile it prints with its 95% held-out interval,
+    the numbers of ``quantile_intervals`` from Python; other regimes print their quantiles as before."""
+    import re
+
+    import bigspec
+    from bigspec.kernels import get_kernel
+
+    X = np.random.default_rng(0).uniform(size=(600, 3))
+    K = get_kernel("matern", nu=0.5, lengthscale=0.5).bind(X)(X, X, diagonal=True)
+    path = str(tmp_path / "k.npy")
+    np.save(path, (K + K.T) / 2)
+    options = ["--sample-size", "150", "--samples", "2", "--seed", "3", *LOCAL]
+    r = CliRunner().invoke(cli, ["spectrum", path, "--regime", "kernel", *options])
+    assert r.exit_code == 0, r.output
+    assert "regime = kernel" in r.stdout and "quantiles with 95% held-out intervals:" in r.stdout
+    rows = re.findall(r"^  q(\S+) +(\S+) +\[(\S+), (\S+)\]$", r.stdout, flags=re.MULTILINE)
+    assert [p for p, *_ in rows] == ["10", "25", "50", "75", "90"], r.stdout   # the levels the intervals were checked at
+    printed = np.array([[float(v) for v in row[1:]] for row in rows])     # estimate, low, high
+    assert np.all(printed[:, 1] <= printed[:, 0]) and np.all(printed[:, 0] <= printed[:, 2])
+    assert np.all(printed[:, 1] < printed[:, 2])
+    direct = bigspec.spectrum(path, sample_size=150, n_samples=2, regime="kernel", seed=3, progress=False)
+    low, est, high = direct.quantile_intervals([0.1, 0.25, 0.5, 0.75, 0.9], level=0.95)
+    np.testing.assert_allclose(printed, np.column_stack([est, low, high]), rtol=5e-4)
+    # the bulk regime has no intervals: its line is as it was
+    r = CliRunner().invoke(cli, ["spectrum", path, "--regime", "bulk", *options])
+    assert r.exit_code == 0, r.output
+    assert "held-out intervals" not in r.stdout and re.search(r"quantiles 1/50/99% = \S+ / \S+ / \S+$", r.stdout,
+                                                              flags=re.MULTILINE), r.stdout
