@@ -20,7 +20,7 @@ import numpy as np
 
 from . import config
 from .backend import check_device, to_device, to_host
-from .errors import KernelError, NonFiniteError, StoreExistsError, TileSizeError, again, arg
+from .errors import KernelError, NonFiniteError, StoreExistsError, StoreNotFoundError, TileSizeError, again, arg, opt
 from .kernels import get_kernel
 
 # zarr, dask and the store load on first use: ``bigspec.form`` is bound at ``import bigspec``
@@ -28,32 +28,142 @@ from .kernels import get_kernel
 logger = logging.getLogger(__name__)
 
 
-def _load_data(X) -> np.ndarray:
+#: how :func:`form` names its data in messages: ``X`` from Python, ``DATA`` on the command line
+#: (``bigspec form KERNEL DATA STORE``)
+DATA = opt("X", "DATA")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def open_data(path, name: str | None = None):
+    """The data points at ``path``, opened without reading them: a memory-mapped ``.npy`` file or a zarr array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npy`` file or a zarr array: a local path (``~`` expanded) or an fsspec URL.
+    name : str, optional
+        The argument that gave ``path``, as messages name it (written with :func:`~bigspec.errors.opt`);
+        default ``X`` (``--data`` on the command line).
+
+    Returns
+    -------
+    numpy.memmap or zarr.Array
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing is at ``path``.
+    KernelError
+        ``path`` holds no data points: a file that is not a readable ``.npy`` file (not one, truncated, or of
+        Python objects), a directory that is not a zarr array (empty, other files, a zarr group or a bigspec
+        store), or an array of other values than numbers (strings).
+
+    Examples
+    --------
+    >>> import bigspec
+    >>> from bigspec.form import open_data
+    >>> try:
+    ...     open_data("no/such/data.npy")
+    ... except bigspec.StoreNotFoundError as e:
+    ...     print(str(e).split(";")[0].replace(e.path, "PATH"))
+    the data file PATH (X) does not exist
+    """
+    import zarr
+
+    from .storage import contents, locate
+
+    name = arg("X") if name is None else name
+    what = (f"{name} must be a .npy file or a zarr array of data points, shape (n_samples, ...)"
+            + opt(", or an array", ""))
+    loc = locate(path)
+    local = loc.protocol == "file"
+    where = loc.path if local else loc.url
+    kind = "data file" if where.endswith(".npy") else "data path"
+    if local and not os.path.exists(where):
+        raise StoreNotFoundError(f"the {kind} {where} ({name}) does not exist; {what}", path=where)
+    if not local and where.endswith(".npy"):
+        if not loc.filesystem().exists(loc.path):
+            raise StoreNotFoundError(f"the {kind} {where} ({name}) does not exist; {what}", path=where)
+        raise KernelError(f"the data file {where} ({name}) is a .npy file at a remote URL; bigspec memory-maps "
+                          f".npy files on a local disk only: copy it to a local path, or store the data points as "
+                          f"a zarr array (zarr.save_array(URL, X)), which is read from anywhere", path=where)
+    if local and os.path.isfile(where):
+        return _numbers(_open_npy(where, name, what), name)
+    try:
+        return _numbers(zarr.open_array(where, mode="r"), name)
+    except KernelError:
+        raise
+    except FileNotFoundError:
+        if not local:
+            raise StoreNotFoundError(f"the {kind} {where} ({name}) does not exist; {what}", path=where) from None
+        found = contents(where)
+    except Exception:
+        found = contents(where) if local else None
+    if found is not None and found.kind in ("empty", "other"):
+        more = ", ..." if found.count > len(found.entries) else ""
+        held = ("an empty directory" if found.kind == "empty" else
+                f"a directory of other files ({', '.join(found.entries)}{more})")
+        raise KernelError(f"{where} ({name}) is {held}; {what}", path=where)
+    raise KernelError(
+        f"{where} ({name}) is not a .npy file or a zarr array of data points (a zarr group, or a bigspec store, "
+        f"is not data); pass the data points, shape (n_samples, ...)", path=where)
+
+
+def _open_npy(path, name, what):
+    """A local ``.npy`` file, memory-mapped; KernelError (the reason in words) where it is not one numpy can map."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise KernelError(f"the data file {path} ({name}) cannot be read: {e.strerror or e}", path=path) from None
+    if head != _NPY_MAGIC:
+        raise KernelError(
+            f"the data file {path} ({name}) is not a .npy file: it "
+            + ("is empty" if not head else "does not start with the .npy header")
+            + f"; {what} (write one with numpy.save(path, X))", path=path)
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"the data file {path} ({name}) does not exist; {what}", path=path) from None
+    except (ValueError, OSError, EOFError) as e:
+        reason = {"mmap length is greater than file size": "it is shorter than its header says (truncated?)",
+                  "No data left in file": "it ends inside its header (truncated?)"}.get(str(e), str(e))
+        if "Python objects" in str(e):
+            reason = "it holds Python objects, not numbers"
+        raise KernelError(f"the data file {path} ({name}) cannot be read as a .npy file: {reason}; {what}",
+                          path=path) from None
+
+
+def _load_data(X, name: str | None = None) -> np.ndarray:
+    """Data points given as an array (numpy, dask, zarr) or a path (:func:`open_data`), as numbers;
+    ``name`` is the argument in messages (default ``X``)."""
     if isinstance(X, (str, os.PathLike)):
-        path = os.fspath(X)
-        if path.endswith(".npy"):
-            return np.load(path, mmap_mode="r")
-        import zarr
-
-        try:
-            return np.asarray(zarr.open_array(path, mode="r")[...])
-        except FileNotFoundError:
-            raise KernelError(f"no data at {path}: X must be a .npy file, a zarr array or an array") from None
-        except Exception:
-            raise KernelError(
-                f"{path} is not a .npy file or a zarr array of data points (a zarr group, or a bigspec store, "
-                f"is not data); pass the data points X of shape (n_samples, ...)") from None
-    if type(X).__module__.startswith("dask"):
-        return np.asarray(X.compute())
-    return np.asarray(X)
+        data = open_data(X, name)
+        data = data if isinstance(data, np.ndarray) else np.asarray(data[...])
+    elif type(X).__module__.startswith("dask"):
+        data = np.asarray(X.compute())
+    else:
+        data = np.asarray(X)
+    return _numbers(data, arg("X") if name is None else name)
 
 
-def _check_finite(X):
+def _numbers(data, name: str):
+    """``data`` where it holds numbers; else KernelError naming ``name`` and the dtype."""
+    if np.dtype(data.dtype).kind not in "biufc":
+        raise KernelError(f"{name} holds {data.dtype} values, not numbers: pass the data points as numbers, shape "
+                          f"(n_samples, ...)", dtype=str(data.dtype))
+    return data
+
+
+def _check_finite(X, name: str | None = None):
+    """NonFiniteError where some data points are NaN or infinite (``name``: the argument in messages,
+    default ``X``)."""
+    name = arg("X") if name is None else name
     bad = ~np.isfinite(X.reshape(X.shape[0], -1)).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise NonFiniteError(
-            f"X holds NaN or infinite values in {rows.size} row(s), first at row {rows[0]}; "
+            f"{name} holds NaN or infinite values in {rows.size} row(s), first at row {rows[0]}; "
             f"drop or impute them before forming a kernel matrix", rows=rows[:10].tolist())
 
 
@@ -93,7 +203,8 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
         ``"rbf"``, ``"matern"``, ``"relu"``, ``"ntk"``, ``"attention"``, a registered name, or
         an instance; ``kernel_params`` go to its constructor.
     X : array-like or path
-        Data points, first axis = samples (numpy, dask, zarr, or a ``.npy`` / Zarr path).
+        Data points, first axis = samples (numpy, dask, zarr, or a ``.npy`` / Zarr path: checked before
+        anything is written, see :func:`open_data`).
     store : str, os.PathLike or zarr.Group
         Where to write. An unfinished store of the same kernel and data is resumed.
     tile_size : int, optional
@@ -136,7 +247,10 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     Raises
     ------
     KernelError
-        Unknown kernel or parameter, or data the kernel cannot take.
+        Unknown kernel or parameter, data the kernel cannot take, or an ``X`` path that holds no data
+        points (:func:`open_data`).
+    StoreNotFoundError
+        ``X`` is a path where nothing is (nothing is written at ``store``).
     StoreExistsError
         ``store`` holds another matrix (or other data) and ``overwrite`` was not given.
     TileSizeError
@@ -179,11 +293,11 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     check_device(device)
     dtype = check_dtype(dtype)
     X_origin = X
-    X = _load_data(X)
+    X = _load_data(X, DATA)
     if X.ndim < 2 or X.shape[0] < 1:
-        raise KernelError(f"X must have shape (n_samples, ...) with n_samples >= 1, got {X.shape}")
+        raise KernelError(f"{DATA} must have shape (n_samples, ...) with n_samples >= 1, got {X.shape}")
     k = k.bind(X)                 # validated, configured for X; the caller's kernel is left as it was
-    _check_finite(X)
+    _check_finite(X, DATA)
     n_samples = int(X.shape[0])
     per = k.rows_per_sample()
     N = n_samples * per
@@ -247,6 +361,18 @@ def form(kernel, X, store, *, tile_size=None, dtype="float64", seed=0, shuffle=T
     return ms
 
 
+#: kernel parameters that change how tiles are computed, not their entries (the empirical NTK's
+#: Jacobian cache and parameter groups): a store formed with one value resumes with another
+EXECUTION_PARAMETERS = ("cache_bytes", "parameter_chunk")
+
+
+def _identity(spec):
+    """A kernel spec without its :data:`EXECUTION_PARAMETERS` (what makes two stores the same matrix)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("params"), dict):
+        return spec
+    return {**spec, "params": {k: v for k, v in spec["params"].items() if k not in EXECUTION_PARAMETERS}}
+
+
 def _existing(store, storage_options, overwrite, N, b, dtype, meta, inputs=(), mode="r+"):
     """The unfinished store of the same matrix at ``store`` (to resume), or None where a new one is
     written; StoreExistsError where another matrix is there and ``overwrite`` is not given."""
@@ -257,10 +383,10 @@ def _existing(store, storage_options, overwrite, N, b, dtype, meta, inputs=(), m
     if contents(store, storage_options).kind == "bigspec" and not overwrite:
         ms = MatrixStore(open_group(store, mode, storage_options))
         old = ms.attrs
-        theirs = {"kernel": old.get("kernel"), "data": old.get("data_sha1"), "order": old.get("permutation"),
-                  "tile_size": ms.tile_size, "dtype": str(ms.dtype), "rows": ms.n}
-        mine = {"kernel": meta["kernel"], "data": meta["data_sha1"], "order": meta["permutation"], "tile_size": b,
-                "dtype": str(np.dtype(dtype)), "rows": N}
+        theirs = {"kernel": _identity(old.get("kernel")), "data": old.get("data_sha1"),
+                  "order": old.get("permutation"), "tile_size": ms.tile_size, "dtype": str(ms.dtype), "rows": ms.n}
+        mine = {"kernel": _identity(meta["kernel"]), "data": meta["data_sha1"], "order": meta["permutation"],
+                "tile_size": b, "dtype": str(np.dtype(dtype)), "rows": N}
         differ = [k for k in mine if theirs[k] != mine[k]]
         if "data" in differ and ("order" in differ or "kernel" in differ):
             differ.remove("data")       # the hash is of the permuted, prepared data: it follows those
@@ -399,4 +525,4 @@ def kron_outputs(ms) -> int:
     return int(spec.get("n_outputs", 1)) if spec.get("kron_identity") else 1
 
 
-__all__ = ["form", "FormPlan", "permutation", "kron_outputs"]
+__all__ = ["form", "FormPlan", "open_data", "permutation", "kron_outputs"]

@@ -14,7 +14,7 @@ from distributed import Client
 from distributed.utils_test import gen_cluster
 
 import bigspec
-from bigspec.errors import KernelError, NonFiniteError, StoreExistsError
+from bigspec.errors import KernelError, NonFiniteError, StoreExistsError, StoreNotFoundError
 from bigspec.form import form_tile, permutation
 from bigspec.kernels import ReLU
 from bigspec.testing import assert_logdet_close
@@ -125,6 +125,41 @@ def test_bad_input(tmp_path):
     with pytest.raises(KernelError, match="unknown parameter"):
         bigspec.form("matern", X0, str(tmp_path / "d.zarr"), length_scale=1.0)
     assert not os.path.exists(tmp_path / "a.zarr")  # nothing half-written on bad input
+
+
+def test_data_path_that_is_missing_or_holds_no_data_points(tmp_path):
+    """A path as X is checked before anything is written: a missing one names the path and X (a
+    FileNotFoundError too), one that holds no data points says what it holds; nothing appears at the store."""
+    store = tmp_path / "K.zarr"
+    missing = tmp_path / "no" / "such.npy"
+    with pytest.raises(StoreNotFoundError, match=rf"the data file {missing} \(X\) does not exist; X must be a "
+                                                 rf"\.npy file") as e:
+        bigspec.form("rbf", str(missing), str(store))
+    assert isinstance(e.value, FileNotFoundError) and e.value.path == str(missing)
+    assert "DATA" in e.value.cli_message() and "(X)" not in e.value.cli_message()    # `bigspec form KERNEL DATA`
+    with pytest.raises(FileNotFoundError, match=r"such\.zarr \(X\) does not exist"):
+        bigspec.form("rbf", tmp_path / "such.zarr", store)
+    with pytest.raises(StoreNotFoundError, match=r"such\.npy \(X\) does not exist"):    # estimates from X too
+        bigspec.spectrum(kernel="rbf", X=str(missing), sample_size=20)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.txt").write_text("x")
+    (tmp_path / "garbage.npy").write_bytes(b"not a .npy file")
+    np.save(tmp_path / "short.npy", X0)
+    with open(tmp_path / "short.npy", "r+b") as f:
+        f.truncate(300)
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object))
+    bigspec.form("rbf", X0, str(tmp_path / "S.zarr"), tile_size=32)
+    for name, words in [("empty", "is an empty directory"), ("other", r"is a directory of other files \(a\.txt\)"),
+                        ("garbage.npy", "is not a .npy file: it does not start with the .npy header"),
+                        ("short.npy", "shorter than its header says"),
+                        ("words.npy", r"X holds <U1 values, not numbers"),
+                        ("objects.npy", "holds Python objects, not numbers"),
+                        ("S.zarr", "a bigspec store, is not data")]:
+        with pytest.raises(KernelError, match=words):
+            bigspec.form("rbf", str(tmp_path / name), str(store))
+    assert not store.exists() and not any(p.name.startswith("K.zarr") for p in tmp_path.iterdir())
 
 
 def test_cli_form_then_logdet(tmp_path, capsys):
