@@ -664,7 +664,9 @@ def ntk_formation_seconds(prof: MachineProfile, s: dict) -> float:
     Each tile of ``spt`` samples per side (``tile_size / n_outputs``) contracts sub-batches of
     ``batch_size`` samples, padded: ``ceil(spt / batch_size)^2`` pairs, each ``2 P`` flops per
     entry of its padded block (``P`` parameters) and ``ntk-pair`` seconds of its own; and each
-    worker computes the Jacobians of the samples its tiles touch (all of them) once.
+    worker computes the Jacobians of the samples its tiles touch (all of them) once, once per
+    parameter group with ``parameter_chunk`` (each group's pass costs about a whole one: at
+    least ``ceil(P / parameter_chunk)`` of them).
     """
     kernel = s.get("kernel") or {}
     params = kernel.get("params") or {}
@@ -676,7 +678,9 @@ def ntk_formation_seconds(prof: MachineProfile, s: dict) -> float:
     batches = -(-spt // bs)
     per_entry = formation_cost(prof, kernel, 0)              # 2 P / ntk (an error without an ntk rate)
     per_tile = (batches * bs * d) ** 2 * per_entry + batches ** 2 * (prof.ntk_pair or 0.0)
-    jacobians = int(s.get("n_samples", 0)) * d * P * (prof.ntk_jacobian or 0.0) * workers
+    chunk = params.get("parameter_chunk")
+    groups = max(1, math.ceil(P / int(chunk))) if chunk else 1
+    jacobians = int(s.get("n_samples", 0)) * d * P * (prof.ntk_jacobian or 0.0) * workers * groups
     return (tiles * per_tile + jacobians) / threads
 
 

@@ -122,3 +122,43 @@ def test_ntk_needs_a_model_from_python():
 class TestNTKKernel(KernelTests):
     kernel = bigspec.kernels.NTK(small_cnn(torch.float64), batch_size=3)
     X = np.random.default_rng(4).standard_normal((8, 1, 6, 6))
+
+
+def test_parameter_chunks_hold_fewer_jacobians_and_give_the_same_matrix(tmp_path, monkeypatch):
+    # small_cnn: conv weight 36, conv bias 4, BatchNorm 4 + 4, linear weight 432, linear bias 3
+    X = np.random.default_rng(2).standard_normal((11, 1, 6, 6))
+    net = small_cnn(torch.float64)
+    whole = bigspec.kernels.get_kernel("ntk", model=net, batch_size=4).bind(X)
+    chunked = bigspec.kernels.get_kernel("ntk", model=net, batch_size=4, parameter_chunk=40).bind(X)
+    groups = chunked.parameter_groups()
+    assert groups == [["0.weight", "0.bias"], ["1.weight", "1.bias"], ["4.weight"], ["4.bias"]]
+    assert whole.parameter_groups() == [[k for k, _ in net.named_parameters()]]
+    held = []
+    real = type(chunked)._jacobians
+
+    def spy(self, x, module, group=None):
+        out = real(self, x, module, group)
+        held.append(sum(v.numel() for J in out for v in J.values()) // (x.shape[0] * self.n_outputs))
+        return out
+
+    monkeypatch.setattr(type(chunked), "_jacobians", spy)
+    ref = autograd_ntk(small_cnn(torch.float64), X)
+    rows, cols = X[:7], X[3:]
+    K = chunked(rows, cols)
+    # Jacobians of at most one group's parameters (a tensor larger than the chunk: its own) at a time
+    assert held and max(held) == 432 and sorted(set(held)) == [3, 8, 40, 432]
+    np.testing.assert_allclose(K, ref[:21, 9:], rtol=1e-12, atol=1e-14)
+    monkeypatch.undo()
+    np.testing.assert_allclose(K, whole(rows, cols), rtol=1e-13, atol=1e-15)
+    # a formed store: the same matrix, and a store formed without chunks resumes with them
+    a = bigspec.form(whole, X, str(tmp_path / "a.zarr"), tile_size=9)
+    b = bigspec.form(chunked, X, str(tmp_path / "b.zarr"), tile_size=9)
+    np.testing.assert_allclose(b.to_dask().compute(), a.to_dask().compute(), rtol=1e-13, atol=1e-15)
+    again = bigspec.form(chunked, X, str(tmp_path / "a.zarr"), tile_size=9)
+    assert again.n == a.n
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True])
+def test_bad_parameter_chunk_is_a_kernel_error(bad):
+    with pytest.raises(KernelError, match="parameter_chunk"):
+        bigspec.kernels.get_kernel("ntk", model=small_cnn(), parameter_chunk=bad)

@@ -150,6 +150,9 @@ def test_empirical_ntk_formation_counts_padded_sub_batches_and_jacobians():
     p = predict(s, prof)
     assert p.terms["formation"] == pytest.approx((36 * per_tile + jacobians) / 2)
     assert p.bottleneck == "formation"
+    # parameter groups of at most 1200 parameters: at least 5 Jacobian passes, the contraction unchanged
+    s["kernel"]["params"]["parameter_chunk"] = 1200
+    assert predict(s, prof).terms["formation"] == pytest.approx((36 * per_tile + 5 * jacobians) / 2)
 
 
 def test_uncalibrated_plans_say_how_to_calibrate():

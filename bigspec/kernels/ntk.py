@@ -10,7 +10,11 @@ is never switched to eval mode, moved or cast. ``bind(X)`` snapshots the weights
 copy) and infers the output count and input shape. Per-sample Jacobians come from
 ``vmap(jacrev)`` in fixed-size sub-batches (ragged ones padded), so a tile is a pure function
 of the weights and its own data rows. A tile keeps its row Jacobians and streams the column
-ones sub-batch by sub-batch. ``precision="mixed"`` (default) runs the model in its own dtype
+ones sub-batch by sub-batch. With ``parameter_chunk`` it does so one group of parameter
+tensors at a time (``K = sum_g J_g J_g^T``, the groups consecutive in ``named_parameters``
+order, so every entry sums the same products in the same order): a tile then holds the
+Jacobians of at most ``parameter_chunk`` parameters (or of its largest tensor) instead of all
+of them, at the cost of one Jacobian pass per group. ``precision="mixed"`` (default) runs the model in its own dtype
 and contracts in float64: the all-float32 path measured 100x worse log-determinants.
 
 Needs the ``ntk`` extra (torch), and a model object: it is formed from Python only
@@ -73,11 +77,18 @@ class NTK(Kernel):
         Samples per Jacobian sub-batch.
     cache_bytes : int
         Per-process budget for cached column Jacobians.
+    parameter_chunk : int, optional
+        Most parameters whose Jacobians a tile holds at once: the parameter tensors are taken in
+        consecutive groups of at most this many entries (a larger tensor is a group of its own)
+        and the tile is summed over the groups. None (default): all at once. A tile of ``r``
+        rows then holds ``r x parameter_chunk`` Jacobian entries instead of ``r x P``, and
+        computes ``ceil``-many more Jacobian passes (one per group). It changes neither the
+        matrix nor its store's identity (a store formed with one value resumes with another).
     """
 
     name = "ntk"
     kron_identity = False
-    defaults = {"precision": "mixed", "batch_size": 8, "cache_bytes": 512 * 2**20}
+    defaults = {"precision": "mixed", "batch_size": 8, "cache_bytes": 512 * 2**20, "parameter_chunk": None}
 
     def __init__(self, model=None, n_outputs: int | None = None, **params):
         if model is None:
@@ -99,6 +110,10 @@ class NTK(Kernel):
                 f"ntk kernel: precision must be one of {', '.join(PRECISIONS)}, got {self.params['precision']!r}")
         if int(self.params["batch_size"]) < 1:
             raise KernelParameterError("ntk kernel: batch_size must be a positive integer")
+        chunk = self.params["parameter_chunk"]
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+            raise KernelParameterError(f"ntk kernel: parameter_chunk must be a positive integer (parameters per "
+                                       f"group) or None, got {chunk!r}")
 
     # -- metadata ---------------------------------------------------------------------
     def _model_dtype(self):
@@ -195,25 +210,46 @@ class NTK(Kernel):
                 cache.popitem(last=False)
         return value
 
-    def _jacobians(self, x, module):
-        """Per-sample Jacobians {param name: (b, d, *shape)} in fixed sub-batches (padded)."""
+    def parameter_groups(self, module=None) -> list[list[str]]:
+        """The parameter names of each group a tile is summed over (``parameter_chunk``), in
+        ``named_parameters`` order; one group of all of them without a chunk."""
+        module = self.model if module is None else module
+        named = [(k, v.numel()) for k, v in module.named_parameters()]
+        chunk = self.params["parameter_chunk"]
+        if chunk is None:
+            return [[k for k, _ in named]]
+        groups, size = [], 0
+        for k, numel in named:
+            if not groups or size + numel > int(chunk):
+                groups.append([])
+                size = 0
+            groups[-1].append(k)
+            size += numel
+        return groups
+
+    def _jacobians(self, x, module, group=None):
+        """Per-sample Jacobians {param name: (b, d, *shape)} in fixed sub-batches (padded), with
+        respect to the parameters named in ``group`` (all without)."""
         torch = _torch()
         from torch.func import functional_call, jacrev, vmap
 
-        params = {k: v.detach() for k, v in module.named_parameters()}
+        named = {k: v.detach() for k, v in module.named_parameters()}
+        params = named if group is None else {k: named[k] for k in group}
+        fixed = {} if group is None else {k: v for k, v in named.items() if k not in params}
         buffers = {k: v.detach() for k, v in module.named_buffers()}
 
         def f(p, xi):
-            return functional_call(module, (p, buffers), (xi.unsqueeze(0),)).squeeze(0)
+            return functional_call(module, ({**fixed, **p}, buffers), (xi.unsqueeze(0),)).squeeze(0)
 
         bs = int(self.params["batch_size"])
+        tag = None if group is None else (group[0], len(group))
         chunks = []
         for s in range(0, x.shape[0], bs):
             xb = x[s:s + bs]
             real = xb.shape[0]
             if real < bs:  # pad so every call sees the same shapes (bitwise-reproducible tiles)
                 xb = torch.cat([xb, xb[-1:].expand(bs - real, *xb.shape[1:])])
-            key = (hashlib.sha1(xb.detach().cpu().numpy().tobytes()).hexdigest(), str(xb.device), real)
+            key = (hashlib.sha1(xb.detach().cpu().numpy().tobytes()).hexdigest(), str(xb.device), real, tag)
             J = self._cached(key, lambda xb=xb: vmap(jacrev(f), in_dims=(None, 0))(params, xb))
             chunks.append({k: v[:real] for k, v in J.items()})
         return chunks
@@ -233,24 +269,26 @@ class NTK(Kernel):
         xc = xr if diagonal else torch.as_tensor(x_cols, device=device).to(dtype).reshape(-1, *shape)
         contract = torch.float32 if self.params["precision"] == "float32" else torch.float64
         d = self.n_outputs
-        rows = self._jacobians(xr, module)
-        d_model = next(iter(rows[0].values())).shape[1] if rows and rows[0] else d
-        if d_model != d:
-            raise KernelError(f"ntk kernel: n_outputs={d} but the model has {d_model} outputs; bind the kernel "
-                              f"to the data first (kernel.bind(X)) to take the count from the model")
         out = torch.zeros((xr.shape[0] * d, xc.shape[0] * d), dtype=contract, device=device)
         bs = int(self.params["batch_size"])
-        col_chunks = rows if diagonal else None
-        for cj, s in enumerate(range(0, xc.shape[0], bs)):
-            Jc = col_chunks[cj] if diagonal else self._jacobians(xc[s:s + bs], module)[0]
-            c0, c1 = s * d, (s + next(iter(Jc.values())).shape[0]) * d
-            r0 = 0
-            for Jr in rows:
-                nr = next(iter(Jr.values())).shape[0] * d
-                acc = out[r0:r0 + nr, c0:c1]
-                for name in Jr:  # named_parameters order: a fixed summation order
-                    acc += Jr[name].reshape(nr, -1).to(contract) @ Jc[name].reshape(c1 - c0, -1).to(contract).T
-                r0 += nr
+        groups = self.parameter_groups(module) if self.params["parameter_chunk"] is not None else [None]
+        for group in groups:      # consecutive groups: each entry sums the same products in the same order
+            rows = self._jacobians(xr, module, group)
+            d_model = next(iter(rows[0].values())).shape[1] if rows and rows[0] else d
+            if d_model != d:
+                raise KernelError(f"ntk kernel: n_outputs={d} but the model has {d_model} outputs; bind the kernel "
+                                  f"to the data first (kernel.bind(X)) to take the count from the model")
+            for cj, s in enumerate(range(0, xc.shape[0], bs)):
+                Jc = rows[cj] if diagonal else self._jacobians(xc[s:s + bs], module, group)[0]
+                c0, c1 = s * d, (s + next(iter(Jc.values())).shape[0]) * d
+                r0 = 0
+                for Jr in rows:
+                    nr = next(iter(Jr.values())).shape[0] * d
+                    acc = out[r0:r0 + nr, c0:c1]
+                    for name in Jr:  # named_parameters order: a fixed summation order
+                        acc += Jr[name].reshape(nr, -1).to(contract) @ Jc[name].reshape(c1 - c0, -1).to(contract).T
+                    r0 += nr
+            del rows
         if on_gpu:  # pragma: no cover - needs a GPU
             import cupy
 
