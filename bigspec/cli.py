@@ -1030,7 +1030,8 @@ def demo(n_samples, ntk_samples, tile_size, workdir, as_json, scheduler, schedul
         b = r["bigspec"]
         click.echo(titles[name])
         click.echo(f"  stored matrix {r['n']} x {r['n']} ({r['matrix_bytes'] / 2**20:.1f} MiB), formed in "
-                   f"{r['form_seconds']:.1f} s; memory budget {r['memory_budget'] / 2**20:.1f} MiB -> "
+                   f"{r['form_seconds']:.1f} s in tiles of {r['tile_size']}; memory budget "
+                   f"{r['memory_budget'] / 2**20:.1f} MiB ({r['memory_budget'] / r['matrix_bytes']:.0%} of it) -> "
                    f"{b['super_panels']} super-panels")
         click.echo(f"  bigspec logdet : sign {b['sign']:+d}, logabsdet {b['logabsdet']:.10f}  ({b['seconds']:.2f} s)")
         click.echo(f"  numpy slogdet  : sign {r['numpy_sign']:+d}, logabsdet {r['numpy_logabsdet']:.10f}  "

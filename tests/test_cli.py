@@ -113,6 +113,38 @@ def test_entry_points_and_demo():
     assert out.returncode == 0 and "logdet" in out.stdout
 
 
+@pytest.mark.parametrize("workers,threads", [(1, 1), (2, 2), (8, 8), (32, 64)])
+def test_demo_picks_a_tile_that_fits_a_third_on_the_cluster_it_runs_on(workers, threads, monkeypatch):
+    # the README's first command ran `bigspec demo` on a 2-worker local cluster, where 256-row tiles
+    # need more than a third of the 1797 x 1797 matrix
+    import bigspec
+    from bigspec import demo
+    from bigspec.errors import MemoryBudgetError
+
+    monkeypatch.setattr("bigspec.cluster.resources", lambda client=None: (workers, threads, None))
+    n = 1797
+    candidates = [256, 192, 128, 96, 64, 48, 32]
+    tile, budget = demo.fitting_tile(n, candidates)
+    plan = bigspec.plan_logdet(n=n, tile_size=tile, memory=budget, method="ldl", workers=workers, threads=threads)
+    assert plan.summary()["peak_memory"] <= budget
+    for larger in candidates[:candidates.index(tile)]:      # every larger tile was refused at this budget
+        with pytest.raises(MemoryBudgetError):
+            bigspec.plan_logdet(n=n, tile_size=larger, memory=budget, method="ldl", workers=workers, threads=threads)
+    if budget == int(n * n * 8 / 3):
+        assert not plan.in_memory                           # a third of the matrix: out of core
+    else:                                                   # none fits a third: the smallest tile's minimum
+        assert tile == 32 and budget > int(n * n * 8 / 3)
+
+
+def test_demo_default_tiles_on_a_two_worker_cluster():
+    out = subprocess.run(["bigspec", "demo", "--n-samples", "1000", "--ntk-samples", "40", "--json", "--workers", "2",
+                          "--threads", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for r in json.loads(out.stdout).values():
+        assert r["memory_budget"] <= r["matrix_bytes"] / 3 + 1 and r["bigspec"]["super_panels"] >= 2
+        assert r["rel_diff"] < 1e-11
+
+
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

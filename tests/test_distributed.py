@@ -22,7 +22,7 @@ async def test_gen_cluster_two_workers(c, s, a, b):
     A, ms = GEN_A, GEN_STORE
 
     def run():
-        # a cluster's plan counts the copies of a row block that its tasks make and move: 45% is out of core
+        # a cluster's plan counts the copy of a row block each update task makes: 45% is out of core
         with Client(s.address) as client:
             return bigspec.logdet(ms, memory=int(A.nbytes * 0.45), client=client, progress=False)
 

@@ -168,7 +168,7 @@ def test_user_errors_exit_1_under_a_remote_scheduler(tmp_path, scheduler):
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_keeps_the_store_and_resumes(tmp_path):
     A, path = _store(tmp_path)
-    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "12MB", "--workers", "2", "--threads", "1",
+    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "16MB", "--workers", "2", "--threads", "1",
                                    "--no-progress"])
     _wait_for(marker, p, at_least=2)
     os.killpg(p.pid, signal.SIGINT)                    # what a terminal's Ctrl-C does: the whole group
@@ -185,7 +185,7 @@ def test_ctrl_c_prints_one_line_keeps_the_store_and_resumes(tmp_path):
 
     meta = zarr.open_group(path + "/factor", mode="r").attrs["bigspec_factor"]
     assert meta["columns_done"] * 250 == done and not meta["complete"]
-    r = subprocess.run(["bigspec", "logdet", path, "--memory", "12MB", "--workers", "1", "--json",
+    r = subprocess.run(["bigspec", "logdet", path, "--memory", "16MB", "--workers", "1", "--json",
                         "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -198,7 +198,7 @@ def test_ctrl_c_while_the_cluster_starts_and_twice_in_a_row(tmp_path):
     """A Ctrl-C pressed while the local cluster starts is acted on once it has started (the cluster is
     closed, nothing runs); two in quick succession end in the same one line and exit 130, not a hang."""
     A, path = _store(tmp_path)
-    p = subprocess.Popen(["bigspec", "logdet", path, "--memory", "12MB", "--workers", "2", "--threads", "1",
+    p = subprocess.Popen(["bigspec", "logdet", path, "--memory", "16MB", "--workers", "2", "--threads", "1",
                           "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                          start_new_session=True)
     time.sleep(0.8)                                   # importing, or starting the cluster
@@ -206,7 +206,7 @@ def test_ctrl_c_while_the_cluster_starts_and_twice_in_a_row(tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "logabsdet" not in out and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted")
-    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "12MB", "--workers", "2", "--threads", "1",
+    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "16MB", "--workers", "2", "--threads", "1",
                                    "--no-progress"])
     _wait_for(marker, p)
     os.killpg(p.pid, signal.SIGINT)
@@ -301,7 +301,7 @@ def test_interrupt_removes_the_temporary_copies(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_lost_worker_is_reported_and_the_answer_is_right(tmp_path):
     A, path = _store(tmp_path, n=3000, b=250)
-    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "12MB", "--workers", "2", "--threads", "1",
+    p, marker = _hooked(tmp_path, ["logdet", path, "--memory", "16MB", "--workers", "2", "--threads", "1",
                                    "--json", "--no-progress"], kill=True)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err

@@ -215,21 +215,20 @@ def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True, workers=1, 
         h = -(-rows // chunks)                         # rows of a row block (on average)
         cols = min(span, k0) * b
         shared = TOPS_IN_FLIGHT * min(max(workers, 1), chunks) * (2 if ldl else 1) * W * cols
-        work = max(work, threads * _workspace(h, W, cols, pure, workers) + shared)
+        # one update task per row block: no more than ``chunks`` of them hold a workspace at once
+        work = max(work, min(threads, chunks) * _workspace(h, W, cols, pure) + shared)
     ld_tiles = W * b if ldl else 0                     # D-scaled tiles of one column
     return int((panel + work + ld_tiles) * itemsize)
 
 
-def _workspace(h: int, W: int, cols: int, pure: bool, workers: int = 1) -> int:
+def _workspace(h: int, W: int, cols: int, pure: bool) -> int:
     """Entries one left-looking update task holds besides the panel: its block's L rows of the
-    ``cols`` earlier columns it applies and, on a distributed cluster (``pure``), the copies of
-    its row block (``h x W``): each update step works on its own copy, and with two workers or
-    more the block it updates may arrive from another worker, whose copy stays there until the
-    step ends (3 copies of a block in flight; measured on a 2-process LocalCluster, n = 8192:
-    counting one copy left the working set at 1.4x a quarter budget).
+    ``cols`` earlier columns it applies and, on a distributed cluster (``pure``), the copy of
+    its row block (``h x W``) that each update step makes (measured on a 2-process LocalCluster
+    at n = 8192: uncounted, the working set reached 1.6-1.7x a quarter budget; counted, 1.4x.
+    The rest is each worker process's own: transfer buffers and task state, not modelled).
     """
-    copies = (2 if workers > 1 else 1) if pure else 0
-    return h * cols + copies * h * W
+    return h * cols + (h * W if pure else 0)
 
 
 def _panel_cost(plan, k0, k1):
