@@ -480,7 +480,8 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
     options = dict(memory=memory, tile_size=tile_size, checkpoint=checkpoint, overwrite=overwrite, dry_run=dry_run,
                    sample_size=sample_size, n_ladders=n_ladders, n_samples=n_samples, probes=probes,
                    lanczos_steps=lanczos_steps, reorthogonalize=reorthogonalize, seed=seed, pseudo_tol=pseudo_tol)
-    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    # flags left off are False; --no-checkpoint is a choice (False), --checkpoint's absence is None
+    given = {k: v for k, v in options.items() if v is not None and (v is not False or k == "checkpoint")}
     if plot_path and given.get("overwrite") and (method or "ldl") not in ("ldl", "cholesky"):
         del given["overwrite"]                          # with an estimate --overwrite replaces the --plot file
     check_options(method or "ldl", given)

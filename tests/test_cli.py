@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from distributed import Client
 
+import bigspec
 from bigspec.cli import cli, main
 from bigspec.testing import make_spd
 
@@ -297,3 +298,17 @@ def test_spectrum_text_shows_the_kernel_regime_quantile_intervals(tmp_path):
     assert r.exit_code == 0, r.output
     assert "held-out intervals" not in r.stdout and re.search(r"quantiles 1/50/99% = \S+ / \S+ / \S+$", r.stdout,
                                                               flags=re.MULTILINE), r.stdout
+
+
+def test_no_checkpoint_writes_no_factor_into_the_store(tmp_path, capsys):
+    A = make_spd(300, seed=4)
+    path = str(tmp_path / "A.zarr")
+    bigspec.from_array(A, path, tile_size=50)
+    budget = str(int(A.nbytes * 0.45))
+    assert run_main(["logdet", path, "--memory", budget, "--no-checkpoint", "--json", *LOCAL]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["logabsdet"] == pytest.approx(np.linalg.slogdet(A)[1], rel=1e-12) and out["super_panels"] >= 2
+    assert not (pathlib.Path(path) / "factor").exists()          # asked for no checkpoint: none written
+    assert run_main(["logdet", path, "--memory", budget, "--json", *LOCAL]) == 0   # the default keeps one
+    capsys.readouterr()
+    assert (pathlib.Path(path) / "factor").exists()

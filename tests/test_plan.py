@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import dask.utils
 import numpy as np
 import pytest
 import zarr
@@ -224,3 +225,15 @@ def test_task_granularity_is_checked():
     cpu = bigspec.plan_logdet(n=200_000, memory="64GiB", tile_size=4096, method="cholesky", workers=8)
     assert gpu.granularity == "panel" and cpu.granularity == "block"
     assert gpu.summary()["tasks"] < cpu.summary()["tasks"]
+
+
+@pytest.mark.parametrize("method", ["ldl", "cholesky"])
+@pytest.mark.parametrize("n,b,workers,threads", [(3000, 250, 2, 1), (1797, 256, 2, 1), (5000, 512, 1, 2)])
+def test_the_suggested_minimum_memory_fits(n, b, workers, threads, method):
+    with pytest.raises(bigspec.MemoryBudgetError) as e:
+        bigspec.plan_logdet(n=n, tile_size=b, memory="2MiB", workers=workers, threads=threads, method=method)
+    suggested = str(e.value).split("memory='")[1].split("'")[0]
+    assert dask.utils.parse_bytes(suggested) >= e.value.minimum
+    plan = bigspec.plan_logdet(n=n, tile_size=b, memory=suggested, workers=workers, threads=threads, method=method)
+    assert plan.summary()["peak_memory"] <= dask.utils.parse_bytes(suggested)
+    assert (f"on {workers} workers" in str(e.value)) == (workers > 1)

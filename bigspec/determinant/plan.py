@@ -221,6 +221,17 @@ def _panel_memory(n, b, itemsize, threads, k0, k1, chunks, ldl=True, workers=1, 
     return int((panel + work + ld_tiles) * itemsize)
 
 
+def _shown_up(nbytes: int) -> int:
+    """``nbytes`` rounded up to the figure :func:`dask.utils.format_bytes` shows for it (2 decimals),
+    so that a suggested ``memory=`` of that figure is not below it."""
+    from dask.utils import format_bytes, parse_bytes
+
+    value, unit = format_bytes(int(nbytes)).split()
+    while parse_bytes(f"{value}{unit}") < nbytes:
+        value = f"{float(value) + 0.01:.2f}"
+    return max(int(nbytes), parse_bytes(f"{value}{unit}"))
+
+
 def _workspace(h: int, W: int, cols: int, pure: bool) -> int:
     """Entries one left-looking update task holds besides the panel: its block's L rows of the
     ``cols`` earlier columns it applies and, on a distributed cluster (``pure``), the copy of
@@ -281,7 +292,9 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
     if not fits(w):
         lo, hi = 1, nt
         if not fits(1):
+            # rounded up to what format_bytes shows, so the suggested figure itself fits
             need = max(memory(min(1, nt - 1), min(2, nt)), memory(0, 1))
+            need = _shown_up(need)
             smaller, hi = 0, b - 1            # the largest tile edge whose first column fits (memory grows with it)
             lo = MIN_SUGGESTED_TILE
             while lo <= hi:
@@ -304,7 +317,9 @@ def make_plan(n: int, tile_size: int, itemsize: int, method: str, budget: float,
                 fix = f"or smaller tiles: {arg('tile_size', smaller)} would fit"
             raise MemoryBudgetError(
                 f"memory budget {format_bytes(budget)} is too small for even one tile column of "
-                f"this {n} x {n} matrix with {b}-row tiles on {threads} thread{'s' if threads > 1 else ''}: the "
+                f"this {n} x {n} matrix with {b}-row tiles on "
+                + (f"{workers} workers ({threads} threads in all, each with its own workspace)" if workers > 1 else
+                   f"{threads} thread{'s' if threads > 1 else ''}") + ": the "
                 f"minimum is {format_bytes(need)}; raise it ({arg('memory', format_bytes(need).replace(' ', ''))} "
                 f"or more)"
                 f"{', or use fewer threads (' + opt('workers with fewer threads', '--workers 1 --threads 1') + ')' if threads > 1 else ''}"
