@@ -162,3 +162,25 @@ def test_parameter_chunks_hold_fewer_jacobians_and_give_the_same_matrix(tmp_path
 def test_bad_parameter_chunk_is_a_kernel_error(bad):
     with pytest.raises(KernelError, match="parameter_chunk"):
         bigspec.kernels.get_kernel("ntk", model=small_cnn(), parameter_chunk=bad)
+
+
+def test_spectrum_of_an_ntk_with_fewer_parameters_than_rows_warns_of_its_null_space(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()  # P = 26
+    X = np.random.default_rng(3).standard_normal((60, 3))
+    ms = bigspec.form(bigspec.kernels.NTK(net), X, str(tmp_path / "k.zarr"), tile_size=20, progress=False)
+    K = ms.to_dask().compute()
+    exact_null = np.mean(np.linalg.eigvalsh(K) < 1e-9 * np.abs(K).max())
+    with pytest.warns(bigspec.spectra.free.DecompressionWarning, match=r"rank is at most 26") as w:
+        r = bigspec.spectrum(ms, sample_size=30, n_samples=2, progress=False)
+    assert any("78.3%" in str(x.message) for x in w)                   # 1 - 26/120
+    assert r.diagnostics["rank_bound"] == 26 and r.diagnostics["null_fraction"] == pytest.approx(1 - 26 / 120)
+    assert exact_null >= r.diagnostics["null_fraction"] - 1e-12         # the bound holds for the real spectrum
+    # the same from kernel= and X=, and no such warning where the parameters outnumber the rows
+    with pytest.warns(bigspec.spectra.free.DecompressionWarning, match=r"rank is at most 26"):
+        bigspec.spectrum(kernel=bigspec.kernels.NTK(net), X=X, sample_size=30, n_samples=2, progress=False)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = bigspec.spectrum(kernel=bigspec.kernels.NTK(net), X=X[:10], sample_size=5, n_samples=2, progress=False)
+    assert not any("rank is at most" in str(x.message) for x in caught) and r.diagnostics["null_fraction"] is None

@@ -148,6 +148,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
         extra = (device, rows) if nested else (device,)
         tasks = [dask.delayed(nested_eigvalsh if nested else _eigvalsh)(blk, *extra) for blk in blocks]
         source = ms.url if ms is not None else f"{m.kind} array"
+        n_parameters = ((ms.attrs.get("kernel") or {}).get("params") or {}).get("n_parameters") if ms else None
     else:
         k, Xa, data = bound_kernel(kernel, X, kernel_params)
         n = int(Xa.shape[0])
@@ -162,6 +163,7 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
                  for j in range(n_samples)]
         source = f"kernel {k.name}"
         kron = k.n_outputs if k.kron_identity else 1
+        n_parameters = (k.spec().get("params") or {}).get("n_parameters")
     with Runner(client, progress=progress, label="bigspec spectrum", unit="samples", total=n_samples,
                 interrupted=lambda: "no spectrum was computed; a spectrum writes nothing, so run it again") as runner:
         eigs = runner.compute(tasks, tick=True)
@@ -177,10 +179,32 @@ def spectrum(A=None, *, kernel=None, X=None, sample_size=None, n_samples=1, size
     trace_se = trace_standard_error(eigs, nested, n * rows if size == n else None, sample_size * rows * n_samples)
     scale_f = float(decompress["scale"]) if np.ndim(decompress["scale"]) == 0 else 1.0
     # sizes of the result count matrix rows; rows_per_sample turns them back into data points
+    null = _null_fraction(n_parameters, size * rows, sample_size * rows, decompress["shift"])
     return dataclasses.replace(res, kron_outputs=int(kron), settings={**res.settings, "rows_per_sample": int(rows)},
                                diagnostics={**res.diagnostics, "trace_se": None if trace_se is None else
                                             float(kron * size * rows * abs(scale_f) * trace_se[0]),
-                                            "trace_dof": None if trace_se is None else trace_se[1]})
+                                            "trace_dof": None if trace_se is None else trace_se[1],
+                                            "rank_bound": None if null is None else int(n_parameters),
+                                            "null_fraction": null})
+
+
+def _null_fraction(n_parameters, N: int, m: int, shift) -> float | None:
+    """The fraction of eigenvalues an empirical NTK (``J J^T``, J of ``n_parameters`` columns) of
+    ``N`` rows has at exactly zero (+ ``shift``): at least ``1 - P / N`` where ``P < N``; None
+    otherwise. Warns (:class:`DecompressionWarning`): blocks of ``m <= P`` rows have full rank,
+    so a density fitted to them cannot see that atom."""
+    if not n_parameters or int(n_parameters) >= N:
+        return None
+    P = int(n_parameters)
+    frac = 1.0 - P / N
+    where = "0" if not np.ndim(shift) and float(shift) == 0 else "the shift"
+    seen = (f"the sampled blocks ({m} rows, at most {P} of rank) show it only in part" if m > P else
+            f"the sampled blocks ({m} rows <= {P}) have full rank and do not show it")
+    warnings.warn(f"the matrix is J J^T with J of {P:,} parameter columns and {N:,} rows: its rank is at most "
+                  f"{P:,}, so at least {frac:.1%} of its eigenvalues are exactly at {where}; {seen}, and the "
+                  f"density, its quantiles below {frac:.1%} and their intervals do not account for that atom",
+                  DecompressionWarning, stacklevel=3)
+    return frac
 
 
 def trace_standard_error(eigs, nested: bool, n_rows: int | None, sampled_rows: int) -> tuple[float, int] | None:
