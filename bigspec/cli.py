@@ -370,9 +370,9 @@ def _store_rows(st: dict | None) -> list:
 
 
 def _config():
-    import dask.config
+    from .config import settings
 
-    return dask.config.get("bigspec")
+    return settings()
 
 
 def matrix_options(f):

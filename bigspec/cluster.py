@@ -93,8 +93,29 @@ def resources(client=None) -> tuple[int, int, int | None]:
                            f"{JOIN_WAIT:.0f} s); start some (dask worker {client.scheduler.address})")
     threads = sum(w["nthreads"] for w in info.values())
     limits = [w.get("memory_limit") or 0 for w in info.values()]
-    memory = sum(limits) if all(limits) else None
+    memory = _capped_at_this_machine(info) if all(limits) else None
     return len(info), threads, memory
+
+
+def _capped_at_this_machine(info: dict) -> int:
+    """The workers' memory limits summed, those on this machine together at most its RAM.
+
+    distributed's ``memory_limit="auto"`` gives each worker ``RAM x min(1, threads / cores)``,
+    so more worker threads than cores (``--workers 8 --threads 1`` on 2 cores) sum to several
+    times the RAM, and a budget taken from that sum would not fit.
+    """
+    import psutil
+
+    here = {"127.0.0.1", "localhost", "::1"}
+    try:
+        import socket
+
+        here |= {socket.gethostname(), *socket.gethostbyname_ex(socket.gethostname())[2]}
+    except OSError:  # pragma: no cover - no resolvable host name
+        pass
+    local = sum(w["memory_limit"] for w in info.values() if w.get("host") in here)
+    remote = sum(w["memory_limit"] for w in info.values() if w.get("host") not in here)
+    return int(min(local, psutil.virtual_memory().total) + remote)
 
 
 def workers_info(client) -> dict:

@@ -46,3 +46,10 @@ def get(key: str, default: Any = None) -> Any:
             return None
         node = node[part]
     return node
+
+
+def settings() -> dict:
+    """Every ``bigspec.*`` setting: the packaged defaults overlaid with dask.config's (what
+    :func:`get` reads key by key)."""
+    merged = dask.config.merge(defaults["bigspec"], dask.config.get("bigspec", default={}) or {})
+    return merged

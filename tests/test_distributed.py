@@ -74,3 +74,22 @@ def test_a_cluster_whose_workers_are_still_joining_is_waited_for(monkeypatch):
         lc.scale(1)                                 # joins asynchronously: resources() waits for it
         workers, threads, _ = cluster.resources(client)
         assert workers == 1 and threads >= 1
+
+
+def test_workers_memory_on_this_machine_is_capped_at_its_ram(monkeypatch):
+    # distributed's memory_limit="auto" gives each of 8 one-thread workers on 2 cores half the RAM
+    import psutil
+
+    from bigspec import cluster
+
+    ram = psutil.virtual_memory().total
+    local = {f"tcp://127.0.0.1:{4000 + i}": {"nthreads": 1, "memory_limit": ram // 2, "host": "127.0.0.1"}
+             for i in range(8)}
+    remote = {"tcp://10.9.8.7:5000": {"nthreads": 4, "memory_limit": 64 * 2**30, "host": "10.9.8.7"}}
+    monkeypatch.setattr(cluster, "workers_info", lambda client: local)
+    assert cluster.resources(object()) == (8, 8, ram)
+    monkeypatch.setattr(cluster, "workers_info", lambda client: {**local, **remote})
+    assert cluster.resources(object()) == (9, 12, ram + 64 * 2**30)       # other machines' limits are theirs
+    few = dict(list(local.items())[:1])
+    monkeypatch.setattr(cluster, "workers_info", lambda client: few)
+    assert cluster.resources(object()) == (1, 1, ram // 2)                # under the RAM: unchanged
