@@ -432,7 +432,8 @@ class _LogdetCommand(click.Command):
 @click.option("--profile", default=None, metavar="NAME|FILE",
               help="With --dry-run: predict the seconds on this machine profile: calibrated (`bigspec calibrate`), "
                    "h100, cpu-node, or a YAML file of rates (default: the calibrated one, if any).")
-@click.option("--sample-size", type=int, default=None, help="flodance: samples per ladder; spectrum: rows per sample.")
+@click.option("--sample-size", type=int, default=None, help="flodance: samples per ladder; spectrum: data points per sample (rows of the matrix, or whole "
+                   "data points of d rows for an empirical NTK with d outputs).")
 @click.option("--ladders", "n_ladders", type=int, default=None, help="flodance: independent ladders (default: up to 8).")
 @click.option("--samples", "n_samples", type=int, default=None, help="spectrum: disjoint samples (default 4).")
 @click.option("--probes", type=int, default=None, help="slq: Rademacher probes (default 64).")
@@ -543,7 +544,8 @@ def logdet(ctx, store, method, kernel, data, params, memory, tile_size, shift, s
 
 @cli.command()
 @click.argument("store", metavar="MATRIX")
-@click.option("--sample-size", type=int, default=None, help="Rows per sample (default: min(n / samples, 4096)).")
+@click.option("--sample-size", type=int, default=None, help="Data points per sample: rows of the matrix, or whole data points of d rows for an empirical NTK "
+                   "with d outputs (default: min(n / samples, 4096)).")
 @click.option("--samples", "n_samples", type=int, default=1, show_default=True, help="Disjoint diagonal blocks.")
 @click.option("--size", type=int, default=None, help="Decompress to this size (default: n).")
 @click.option("--regime", type=click.Choice(["auto", "kernel", "bulk", "heavy-tailed"]), default="auto",
