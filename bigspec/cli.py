@@ -369,6 +369,24 @@ def _store_rows(st: dict | None) -> list:
     return rows
 
 
+@contextlib.contextmanager
+def _stages_to_stderr(name: str):
+    """While the block runs, INFO lines of the logger ``name`` go to stderr, one per stage."""
+    import logging
+
+    log = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def _config():
     from .config import settings
 
@@ -966,10 +984,11 @@ def calibrate(tile_size, quick, named, store_dir, overwrite, as_json, scheduler,
     # this machine first, on the threaded scheduler, before a local cluster starts (its nannies set
     # OMP/OPENBLAS_NUM_THREADS=1 in this process, and a BLAS loaded after that would run on one thread);
     # then the cluster's scheduler, transfers and efficiency
-    machine = run_calibrate(tile_size=tile_size, quick=quick, store_dir=store_dir, save=False)
-    with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
-        machine = calibrate_cluster(machine, client, quick=quick, store_dir=store_dir, save=True,
-                                    overwrite=overwrite)
+    with _stages_to_stderr("bigspec.perfmodel"):      # a minute or more with nothing to show otherwise
+        machine = run_calibrate(tile_size=tile_size, quick=quick, store_dir=store_dir, save=False)
+        with _client(scheduler, scheduler_file, workers, threads, memory_limit, gpu) as client:
+            machine = calibrate_cluster(machine, client, quick=quick, store_dir=store_dir, save=True,
+                                        overwrite=overwrite)
     if as_json:
         _emit({"path": path, **machine.to_dict()}, True)
         return

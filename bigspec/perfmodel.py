@@ -794,6 +794,7 @@ def calibrate(*, tile_size: int | None = None, client=None, quick: bool = False,
 
     blas = config.get("blas-threads", None)            # as the runner sets them on the threaded scheduler
     with threadpool_limits(blas, user_api="blas") if blas else contextlib.nullcontext():
+        logger.info("calibrating: tile kernels (GEMM, potrf, sytrf, solves) on %d threads, tiles of %d", T, b)
         rates = _blas_rates(b, T, per, quick)
         others = () if quick else (b // 2, 2 * b)
         tile_rates = tuple((size, {k.replace("_", "-"): v for k, v in _blas_rates(size, T, per / 2, True,
@@ -804,9 +805,11 @@ def calibrate(*, tile_size: int | None = None, client=None, quick: bool = False,
         return _undisturbed(lambda: _store_rates(size, T, per, quick, store_dir), better=lambda r, key: max(
             r, key=lambda vb: vb[0]["read"] + vb[0]["write"]))
 
+    logger.info("calibrating: store reads and writes")
     store, half = store_at(b), store_at(b // 2)        # a chunk's own cost, from two tile sizes
     (store["read"], read_tile), (store["write"], write_tile) = (_per_tile(b, store[k], half[k])
                                                                   for k in ("read", "write"))
+    logger.info("calibrating: scheduler overhead, then kernel formation (%s)", ", ".join(kernels))
     overhead = _undisturbed(lambda: task_overhead(None, T, 300 if quick else 3000), better=min)
     formation, dim, ntk, formation_tile = _formation_rates(b, T, per, quick, kernels)
     ntk = {**{"ntk": None, "ntk_pair": None, "ntk_jacobian": None}, **ntk}
@@ -823,6 +826,7 @@ def calibrate(*, tile_size: int | None = None, client=None, quick: bool = False,
     from .cluster import current_client
 
     if current_client() is None:       # a small exact logdet on the threaded scheduler, against its parts
+        logger.info("calibrating: a small factorization against the sum of its parts")
         prof = msgspec.structs.replace(prof, graph_efficiency=_graph_efficiency(prof, None, b, quick, store_dir))
     if client is not None:
         prof = calibrate_cluster(prof, client, quick=quick, store_dir=store_dir)
@@ -859,6 +863,7 @@ def calibrate_cluster(profile: MachineProfile, client, *, quick: bool = False, s
     if save:
         check_profile_writable(path, overwrite)
     b = int(profile.tile_size)
+    logger.info("calibrating the cluster: its scheduler, transfers between workers, a small factorization")
     overhead = _undisturbed(lambda: task_overhead(client, T, 200 if quick else 1500), better=min, children=True)
     prof = msgspec.structs.replace(profile, task_overhead_distributed=overhead,
                                    network=network_bandwidth(client, b, quick), graph_efficiency_distributed=1.0)

@@ -273,3 +273,14 @@ def test_calibrate_cluster_measures_the_distributed_scheduler_network_and_effici
     assert cl.network > 0 and cl.task_overhead_distributed > 0 and cl.graph_efficiency_distributed > 0
     assert cl.gemm == prof.gemm and cl.store_read == prof.store_read   # this machine's rates are kept
     assert not os.path.exists(profile_path())                          # save=False wrote nothing
+
+
+@pytest.mark.filterwarnings("ignore:while bigspec calibrated")
+def test_cli_calibrate_says_each_stage_on_stderr(tmp_path):
+    r = CliRunner().invoke(cli, ["calibrate", "--quick", "--tile-size", "64", "--workers", "1", "--threads", "1",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if line.startswith("calibrating")]
+    for stage in ("tile kernels", "store reads and writes", "kernel formation", "small factorization", "the cluster"):
+        assert any(stage in line for line in lines), (stage, r.stderr)
+    assert "calibrating" not in r.stdout and os.path.exists(profile_path())   # stdout stays the JSON
