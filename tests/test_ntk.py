@@ -184,3 +184,43 @@ def test_spectrum_of_an_ntk_with_fewer_parameters_than_rows_warns_of_its_null_sp
         warnings.simplefilter("always")
         r = bigspec.spectrum(kernel=bigspec.kernels.NTK(net), X=X[:10], sample_size=5, n_samples=2, progress=False)
     assert not any("rank is at most" in str(x.message) for x in caught) and r.diagnostics["null_fraction"] is None
+
+
+_PICKLED_DURING_FORWARD = []   # (kernel, results): the probe below pickles the kernel from inside a forward pass
+
+
+class _PicklingProbe(torch.nn.Module):
+    """A small MLP whose forward pickles the registered kernel: what a worker's comm thread may do
+    while a tile runs (the kernel is a piece of data other workers fetch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+
+    def forward(self, x):
+        if _PICKLED_DURING_FORWARD:
+            import pickle
+
+            kernel, results = _PICKLED_DURING_FORWARD[0]
+            try:
+                results.append(pickle.loads(pickle.dumps(kernel)))
+            except Exception as e:          # the model's parameters swapped for torch.func's wrappers
+                results.append(e)
+        return self.net(x)
+
+
+def test_the_kernel_pickles_while_a_tile_runs():
+    torch.manual_seed(0)
+    probe = _PicklingProbe().double()
+    X = np.random.default_rng(5).standard_normal((6, 3))
+    k = bigspec.kernels.NTK(probe).bind(X)
+    reference = bigspec.kernels.NTK(probe).bind(X)(X, X, diagonal=True)
+    results = []
+    _PICKLED_DURING_FORWARD.append((k, results))
+    try:
+        during = k(X, X, diagonal=True)          # first call: its Jacobians are computed, forward runs
+    finally:
+        _PICKLED_DURING_FORWARD.clear()
+    assert results and not [r for r in results if isinstance(r, Exception)], results[:1]
+    np.testing.assert_array_equal(during, reference)
+    np.testing.assert_array_equal(results[0](X, X, diagonal=True), reference)   # a copy made mid-tile is the same

@@ -182,10 +182,11 @@ class NTK(Kernel):
         cache = self.__dict__.get("_cache")
         key = (str(device), dtype)
         if cache is None or cache[0] != key:
-            module = self.model
-            private = getattr(self, "_private", False)
-            if not private or any(p.dtype != dtype for p in module.parameters()) or device is not None:
-                module = copy.deepcopy(self.model).to(dtype=dtype, device=device)
+            # always a copy, even of this kernel's private model: functional_call swaps the evaluated
+            # module's parameters for torch.func's wrapper tensors while a tile runs, and a worker may
+            # pickle this kernel (the model, not the copy: see __getstate__) to send it to another
+            # worker meanwhile ("Could not serialize object of type NTK", once in a suite's demo run)
+            module = copy.deepcopy(self.model).to(dtype=dtype, device=device)
             self._cache = (key, module.eval())   # never the caller's module (see bind)
         return self._cache[1]
 
