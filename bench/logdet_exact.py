@@ -92,6 +92,9 @@ from pathlib import Path
 
 import numpy as np
 
+import machine_load  # noqa: E402  (bench/, this script's directory)
+from machine_load import cpu_busy_seconds  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "logdet_exact.json"
 if (HERE.parent / "bigspec" / "__init__.py").exists():
@@ -178,27 +181,9 @@ def hwm() -> int:
     return 0
 
 
-def cpu_busy_seconds() -> float:
-    """Machine-wide non-idle CPU seconds since boot (user..steal of /proc/stat)."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def own_cpu_seconds() -> float:
     """CPU seconds of this process and, with a LocalCluster of its own, of its worker processes."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    total = ru.ru_utime + ru.ru_stime
-    if _CHILDREN:
-        import psutil
-
-        for c in psutil.Process().children(recursive=True):
-            try:
-                t = c.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-    return total
+    return machine_load.own_cpu_seconds(children=bool(_CHILDREN))
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.25, probe: float = 1.0) -> tuple[float, float]:
@@ -206,15 +191,7 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.25, probe: float = 1.0)
 
     Returns (seconds waited, cores busy in the last probe).
     """
-    t0 = time.perf_counter()
-    while True:
-        b0, c0 = cpu_busy_seconds(), own_cpu_seconds()
-        time.sleep(probe)
-        busy = (cpu_busy_seconds() - b0 - (own_cpu_seconds() - c0)) / probe
-        waited = time.perf_counter() - t0
-        if busy < threshold or waited >= max_wait:
-            return waited, busy
-        time.sleep(2.0)
+    return machine_load.wait_for_quiet(max_wait, threshold, probe, pause=2.0, children=bool(_CHILDREN))
 
 
 class Sampler(threading.Thread):

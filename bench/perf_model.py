@@ -44,7 +44,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -64,6 +63,9 @@ import bigspec  # noqa: E402
 import bigspec.determinant.tiles  # noqa: E402,F401
 from bigspec.perfmodel import calibrate, calibrate_cluster, predict  # noqa: E402
 
+import machine_load  # noqa: E402  (bench/, this script's directory)
+from machine_load import cpu_busy_seconds, own_cpu_seconds  # noqa: E402
+
 TARGET = 0.25
 RIDGE = 1e-3
 DIM = 16
@@ -71,41 +73,8 @@ DISTURBED = 0.08     # cores used by other processes above which a run is repeat
 
 
 # ------------------------------------------------------------------------------------- machine load
-def cpu_busy_seconds() -> float:
-    """Machine-wide non-idle CPU seconds (user..steal of /proc/stat)."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and its descendants (the LocalCluster's workers included)."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    total = ru.ru_utime + ru.ru_stime
-    try:
-        import psutil
-
-        for child in psutil.Process().children(recursive=True):
-            try:
-                t = child.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-    except ImportError:
-        pass
-    return total
-
-
-def wait_for_quiet(max_wait: float, threshold: float = DISTURBED, probe: float = 1.0) -> float:
-    """Wait up to ``max_wait`` s until other processes use < ``threshold`` cores; return their last load."""
-    t0 = time.perf_counter()
-    while True:
-        b0, c0 = cpu_busy_seconds(), own_cpu_seconds()
-        time.sleep(probe)
-        busy = max(0.0, (cpu_busy_seconds() - b0 - (own_cpu_seconds() - c0)) / probe)
-        if busy < threshold or time.perf_counter() - t0 >= max_wait:
-            return busy
-        time.sleep(1.0)
+def wait_for_quiet(max_wait: float) -> None:
+    machine_load.wait_for_quiet(max_wait, DISTURBED)
 
 
 def measure(fn, repeat: int, quiet_wait: float, log) -> dict:
